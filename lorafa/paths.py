@@ -1,0 +1,26 @@
+"""Where the project finds its data and writes its results."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def data_dir() -> Path:
+    """The local data directory: $LORAFA_DATA_DIR, else ../shared/data beside the checkout.
+
+    The directory may not exist (paper scale fetches from the hub); callers that need a
+    file report the path they tried.
+    """
+    env = os.environ.get("LORAFA_DATA_DIR")
+    if env:
+        return Path(env).expanduser().resolve()
+    return (REPO_ROOT.parent / "shared" / "data").resolve()
+
+
+def results_dir() -> Path:
+    """Root of run records and generated tables: $LORAFA_RESULTS_DIR, else results/."""
+    env = os.environ.get("LORAFA_RESULTS_DIR")
+    return Path(env).expanduser().resolve() if env else REPO_ROOT / "results"
