@@ -1,0 +1,236 @@
+"""LoRA and LoRA-FA adapter layers.
+
+    y = base(x) + scaling · B(A(dropout(x)))
+
+`lora` is plain autograd: backward keeps dropout(x) (b×s×d_in), the dropout mask and x·Aᵀ.
+`lora_fa` freezes A and runs the adapter through `LoRAFAFunction`, which keeps only
+x·Aᵀ (b×s×r) and an integer seed from which it regenerates the dropout mask in backward.
+Freezing A alone (what PEFT and other implementations do) is not enough: the dropout op
+still saves a b×s×d_in tensor for backward whenever dropout > 0.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+from lorafa.config import AdapterConfig
+
+_AUTOCAST_DEVICES = ("cpu", "cuda", "xpu", "mps", "hpu")
+
+
+# --------------------------------------------------------------------------- initialisers
+
+def init_lora_a(weight: torch.Tensor, kind: str) -> None:
+    """Initialise A (shape r × d_in, PEFT's layout) in place. B always starts at zero."""
+    with torch.no_grad():
+        if kind == "kaiming_uniform":  # PEFT's and nn.Linear's default
+            nn.init.kaiming_uniform_(weight, a=math.sqrt(5))
+        elif kind == "std_normal":
+            nn.init.normal_(weight, mean=0.0, std=1.0)
+        elif kind == "all_one":
+            nn.init.ones_(weight)
+        elif kind == "orthogonal":
+            # orthogonal_ needs a float32 (or float64) tensor; rows come out orthonormal.
+            w = torch.empty(weight.shape, dtype=torch.float32, device=weight.device)
+            nn.init.orthogonal_(w)
+            weight.copy_(w)
+        else:
+            raise ValueError(f"init_a={kind!r} is invalid; allowed: kaiming_uniform, std_normal, all_one, orthogonal")
+
+
+# --------------------------------------------------------------------------- the LoRA-FA function
+
+def draw_seed() -> int:
+    """A dropout seed from torch's CPU generator, so torch.manual_seed makes runs repeatable.
+
+    Under a fake-tensor memory simulator every op returns a fake tensor; the seed is a
+    plain number, so it is drawn outside fake mode.
+    """
+    with unset_fake_temporarily():
+        return int(torch.randint(0, 2**62, (), dtype=torch.int64))
+
+
+def keep_mask(shape, keep: float, dtype: torch.dtype, device: torch.device, seed: int) -> torch.Tensor:
+    """The 0/1 dropout keep-mask for `seed`; the same seed gives the same mask, bit for bit."""
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed)
+    return torch.empty(shape, dtype=dtype, device=device).bernoulli_(keep, generator=gen)
+
+
+class LoRAFAFunction(torch.autograd.Function):
+    """out = base_out + scaling · dropout(x) · Aᵀ · Bᵀ, keeping only x·Aᵀ for backward.
+
+    Written by hand because autograd cannot be told to drop the dropout mask and recompute
+    it. The mask is regenerated from `seed` in backward; the 1/keep factor of inverted
+    dropout is folded into the scalar, so the mask itself is pure 0/1 and x·Aᵀ is saved
+    without it. A must be frozen: dA would need x, which is exactly what is not kept.
+
+    Shapes: x (..., d_in), base_out (..., d_out), lora_a (r, d_in), lora_b (d_out, r).
+    Returns dx (through A only; the base layer's own dx flows through base_out), the
+    incoming gradient for base_out unchanged, and dB.
+    """
+
+    @staticmethod
+    def forward(ctx, x, base_out, lora_a, lora_b, scaling: float, dropout: float, seed, compute_dtype):
+        if lora_a.requires_grad:
+            raise RuntimeError("LoRA-FA needs A frozen (requires_grad=False): dA would need the input x, which it does not keep")
+        keep = 1.0 - dropout
+        scale = scaling / keep if seed is not None else scaling
+        xc = x.to(compute_dtype)
+        if seed is not None:
+            xc = xc * keep_mask(x.shape, keep, compute_dtype, x.device, seed)
+        a = lora_a.to(compute_dtype)
+        b = lora_b.to(compute_dtype)
+        xa = F.linear(xc, a)  # (..., r): the only activation kept
+        del xc
+        d_out = base_out.shape[-1]
+        if base_out.dtype == compute_dtype:  # one fused kernel: base_out + scale · xa·Bᵀ
+            out = torch.addmm(base_out.reshape(-1, d_out), xa.reshape(-1, xa.shape[-1]), b.t(), alpha=scale)
+            out = out.view(base_out.shape)
+        else:
+            out = base_out + (F.linear(xa, b) * scale).to(base_out.dtype)
+        ctx.save_for_backward(xa, lora_a, lora_b)
+        ctx.scale, ctx.keep, ctx.seed = scale, keep, seed
+        ctx.compute_dtype, ctx.x_dtype, ctx.x_shape = compute_dtype, x.dtype, x.shape
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        xa, lora_a, lora_b = ctx.saved_tensors
+        cd = ctx.compute_dtype
+        g = grad_out.reshape(-1, grad_out.shape[-1]).to(cd)
+        xa2 = xa.reshape(-1, xa.shape[-1])
+        grad_x = grad_b = None
+        if ctx.needs_input_grad[3]:
+            grad_b = torch.mm(g.t(), xa2).mul_(ctx.scale).to(lora_b.dtype)
+        if ctx.needs_input_grad[0]:
+            dxa = torch.mm(g, lora_b.to(cd)).mul_(ctx.scale)  # scale the r-wide tensor, not the d_in-wide one
+            dx = torch.mm(dxa, lora_a.to(cd)).view(ctx.x_shape)
+            if ctx.seed is not None:
+                dx.mul_(keep_mask(ctx.x_shape, ctx.keep, cd, dx.device, ctx.seed))
+            grad_x = dx.to(ctx.x_dtype)
+        grad_base = grad_out if ctx.needs_input_grad[1] else None
+        return grad_x, grad_base, None, grad_b, None, None, None, None
+
+
+# --------------------------------------------------------------------------- the layer
+
+def _conv1d_class():
+    try:
+        from transformers.pytorch_utils import Conv1D
+    except ImportError:  # transformers is optional for the bare layer
+        return ()
+    return Conv1D
+
+
+def is_linear_like(module: nn.Module) -> bool:
+    """nn.Linear, transformers' Conv1D (GPT-2), or a quantised linear exposing in/out features."""
+    if isinstance(module, (nn.Linear, _conv1d_class())):
+        return True
+    return hasattr(module, "in_features") and hasattr(module, "out_features") and hasattr(module, "weight") \
+        and not isinstance(module, LoraLayer)
+
+
+def _features(base: nn.Module) -> tuple[int, int, bool]:
+    """(d_in, d_out, fan_in_fan_out). Conv1D stores its weight as (d_in, d_out)."""
+    conv1d = _conv1d_class()
+    if conv1d and isinstance(base, conv1d):
+        return base.weight.shape[0], base.weight.shape[1], True
+    return base.in_features, base.out_features, False
+
+
+def _adapter_dtype(base: nn.Module, name: str) -> torch.dtype:
+    if name == "auto":
+        dtype = base.weight.dtype
+        return dtype if dtype.is_floating_point else torch.float32  # quantised storage
+    return getattr(torch, name)
+
+
+class LoraLayer(nn.Module):
+    """A frozen base linear plus a LoRA (method "lora") or LoRA-FA (method "lora_fa") adapter.
+
+    Parameter names follow PEFT (`base_layer`, `lora_A.weight` of shape r × d_in,
+    `lora_B.weight` of shape d_out × r), so adapters move between the two unchanged.
+    """
+
+    def __init__(self, base_layer: nn.Module, config: AdapterConfig):
+        super().__init__()
+        if config.method not in ("lora", "lora_fa"):
+            raise ValueError(f"LoraLayer needs method 'lora' or 'lora_fa', got {config.method!r}")
+        self.base_layer = base_layer
+        self.method = config.method
+        self.r = config.r
+        self.scaling = config.scaling
+        self.dropout = config.dropout
+        self.in_features, self.out_features, self.fan_in_fan_out = _features(base_layer)
+        weight = base_layer.weight
+        factory = dict(device=weight.device, dtype=_adapter_dtype(base_layer, config.adapter_dtype))
+        self.lora_A = nn.Linear(self.in_features, config.r, bias=False, **factory)
+        self.lora_B = nn.Linear(config.r, self.out_features, bias=False, **factory)
+        init_lora_a(self.lora_A.weight, config.init_a)
+        nn.init.zeros_(self.lora_B.weight)
+        for p in self.base_layer.parameters():
+            p.requires_grad_(False)
+        self.lora_A.weight.requires_grad_(config.method == "lora")
+        self.lora_B.weight.requires_grad_(True)
+        self.merged = False
+        if config.b_grad_correction:
+            self.lora_B.weight.register_hook(self._corrected_b_grad)
+
+    # The 2025 LoRA-FA revision (PEFT's LoraFAOptimizer): the B-gradient that best matches
+    # full fine-tuning's gradient projected on A's row space, (1/s²) · g_B · (A Aᵀ)⁺.
+    # As a gradient hook it works with any optimizer and costs no activation memory.
+    def _corrected_b_grad(self, grad: torch.Tensor) -> torch.Tensor:
+        a = self.lora_A.weight.detach().float()
+        gram = a @ a.t() + 1e-8 * torch.eye(a.shape[0], device=a.device)
+        return ((grad.float() @ torch.linalg.pinv(gram)) / self.scaling**2).to(grad.dtype)
+
+    def _compute_dtype(self, x: torch.Tensor) -> torch.dtype:
+        device = x.device.type
+        if device in _AUTOCAST_DEVICES and torch.is_autocast_enabled(device):
+            return torch.get_autocast_dtype(device)
+        return self.lora_A.weight.dtype
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        out = self.base_layer(x, *args, **kwargs)
+        if self.merged:
+            return out
+        training_dropout = self.dropout > 0 and self.training
+        if self.method == "lora_fa":
+            seed = draw_seed() if training_dropout else None
+            return LoRAFAFunction.apply(x, out, self.lora_A.weight, self.lora_B.weight,
+                                        self.scaling, self.dropout, seed, self._compute_dtype(x))
+        h = x.to(self._compute_dtype(x))
+        if training_dropout:
+            h = F.dropout(h, self.dropout, training=True)
+        return out + (self.lora_B(self.lora_A(h)) * self.scaling).to(out.dtype)
+
+    # --- merging: W ← W + s·B·A, so inference costs nothing extra
+
+    def delta_weight(self) -> torch.Tensor:
+        """s·B·A in the base weight's layout and dtype (computed in float32)."""
+        delta = (self.lora_B.weight.float() @ self.lora_A.weight.float()) * self.scaling
+        if self.fan_in_fan_out:
+            delta = delta.t()
+        return delta.to(self.base_layer.weight.dtype)
+
+    @torch.no_grad()
+    def merge(self) -> None:
+        if not self.merged:
+            self.base_layer.weight.add_(self.delta_weight())
+            self.merged = True
+
+    @torch.no_grad()
+    def unmerge(self) -> None:
+        if self.merged:
+            self.base_layer.weight.sub_(self.delta_weight())
+            self.merged = False
+
+    def extra_repr(self) -> str:
+        return (f"method={self.method}, r={self.r}, scaling={self.scaling:g}, dropout={self.dropout:g}, "
+                f"in={self.in_features}, out={self.out_features}, merged={self.merged}")
