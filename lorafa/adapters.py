@@ -182,6 +182,15 @@ class LoraLayer(nn.Module):
         if config.b_grad_correction:
             self.lora_B.weight.register_hook(self._corrected_b_grad)
 
+    # Models read e.g. `self.wo.weight.dtype` (T5); answer for the base layer, as PEFT does.
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.base_layer.weight
+
+    @property
+    def bias(self):
+        return getattr(self.base_layer, "bias", None)
+
     # The 2025 LoRA-FA revision (PEFT's LoraFAOptimizer): the B-gradient that best matches
     # full fine-tuning's gradient projected on A's row space, (1/s²) · g_B · (A Aᵀ)⁺.
     # As a gradient hook it works with any optimizer and costs no activation memory.

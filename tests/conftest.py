@@ -1,0 +1,62 @@
+"""Shared fixtures: tiny models built from configs (no hub), the shared data directory."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import (GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, RobertaConfig,
+                          RobertaForSequenceClassification, T5Config, T5ForConditionalGeneration)
+
+from lorafa.paths import data_dir
+
+
+def tiny_roberta(num_labels: int = 2, seed: int = 0) -> RobertaForSequenceClassification:
+    torch.manual_seed(seed)
+    cfg = RobertaConfig(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=40, num_labels=num_labels,
+                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    return RobertaForSequenceClassification(cfg).eval()
+
+
+def tiny_t5(seed: int = 0) -> T5ForConditionalGeneration:
+    torch.manual_seed(seed)
+    cfg = T5Config(vocab_size=120, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2,
+                   num_heads=4, dropout_rate=0.0, decoder_start_token_id=0, pad_token_id=0)
+    return T5ForConditionalGeneration(cfg).eval()
+
+
+def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=120, hidden_size=32, intermediate_size=88, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=64)
+    return LlamaForCausalLM(cfg).eval()
+
+
+def tiny_gpt2(seed: int = 0) -> GPT2LMHeadModel:
+    torch.manual_seed(seed)
+    cfg = GPT2Config(vocab_size=120, n_embd=32, n_layer=2, n_head=4, n_positions=64,
+                     resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+    return GPT2LMHeadModel(cfg).eval()
+
+
+TINY_MODELS = {"roberta": tiny_roberta, "t5": tiny_t5, "llama": tiny_llama, "gpt2": tiny_gpt2}
+
+
+def model_inputs(kind: str, batch: int = 2, seq: int = 9, seed: int = 1) -> dict:
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(3, 120, (batch, seq), generator=g)
+    if kind == "t5":
+        return {"input_ids": ids, "decoder_input_ids": torch.randint(3, 120, (batch, 5), generator=g)}
+    return {"input_ids": ids}
+
+
+def main_output(kind: str, out) -> torch.Tensor:
+    return out.logits
+
+
+@pytest.fixture(scope="session")
+def shared_data():
+    root = data_dir()
+    if not root.is_dir():
+        pytest.skip(f"shared data directory not found at {root} (set LORAFA_DATA_DIR)")
+    return root
