@@ -1,0 +1,208 @@
+"""Shared by tables and figures: names, record selection, best-setting choice, formatting."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import pandas as pd
+
+from lorafa.paths import results_dir
+from lorafa.results import load_records
+
+GB = 2**30  # memory is reported in GB of 2**30 bytes, as CUDA memory reports usually are
+SETTING_KEYS = ("r", "alpha", "lr", "init_a")
+
+MODEL_TO_PAPER = {
+    "roberta-base": "RoBERTa-base", "roberta-large": "RoBERTa-large", "tiny-roberta": "RoBERTa-base",
+    "t5-small": "T5-small", "t5-base": "T5-base", "t5-large": "T5-large", "tiny-t5": "T5-small",
+    "llama-7b": "LLaMA-7B", "llama2-7b": "LLaMA2-7B", "tiny-llama": "LLaMA-7B",
+}
+PAPER_TO_MODEL = {"RoBERTa-base": "roberta-base", "RoBERTa-large": "roberta-large",
+                  "T5-small": "t5-small", "T5-base": "t5-base", "T5-large": "t5-large",
+                  "LLaMA-7B": "llama-7b", "LLaMA2-7B": "llama2-7b"}
+METHOD_ORDER = ("full_ft", "prompt_tuning", "lora_qv", "lora", "lora_fa", "lora_fa_corrected", "base")
+METHOD_LABELS = {"full_ft": "Full-FT", "prompt_tuning": "PT", "lora_qv": "LoRA-qv", "lora": "LoRA",
+                 "lora_fa": "LoRA-FA", "lora_fa_corrected": "LoRA-FA (corrected)", "base": "base model"}
+
+
+def scale_dir(scale: str, root: str | Path | None = None) -> Path:
+    return Path(root) / scale if root is not None else results_dir() / scale
+
+
+def load(scale: str, root: str | Path | None = None) -> pd.DataFrame:
+    """The records of results/<scale>/runs.jsonl (empty frame if there are none)."""
+    return load_records(scale_dir(scale, root))
+
+
+def runs_of(records: pd.DataFrame, experiment: str, **equal: Any) -> pd.DataFrame:
+    """Records of one experiment, optionally filtered by field equality."""
+    mask = records["experiment"] == experiment
+    for name, value in equal.items():
+        mask &= records[name] == value
+    return records[mask]
+
+
+def clean(value):
+    """NaN -> None and numpy scalars -> Python, so values compare and hash plainly."""
+    if value is None or value is pd.NA or value is pd.NaT:
+        return None
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+def method_key(method: str) -> tuple:
+    return (METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER), method)
+
+
+def method_label(method: str) -> str:
+    return METHOD_LABELS.get(method, method)
+
+
+# ---- metric values --------------------------------------------------------------------
+
+def metric(name: str, factor: float = 1.0) -> Callable[[dict], float | None]:
+    """metrics dict -> metrics[name] * factor, or None when absent or not finite."""
+    def value(metrics):
+        v = (metrics or {}).get(name) if isinstance(metrics, dict) else None
+        if v is None or isinstance(v, bool) or not math.isfinite(float(v)):
+            return None
+        return float(v) * factor
+    value.metric_name = name
+    return value
+
+
+def mean_of(names: tuple[str, ...], factor: float = 1.0, fallback: str | None = None):
+    """Mean of several metrics (all required), e.g. MNLI matched/mismatched accuracy."""
+    parts = [metric(n, factor) for n in names]
+    alt = metric(fallback, factor) if fallback else None
+
+    def value(metrics):
+        vals = [p(metrics) for p in parts]
+        if all(v is not None for v in vals):
+            return sum(vals) / len(vals)
+        return alt(metrics) if alt else None
+    value.metric_name = "+".join(names)
+    return value
+
+
+# ---- best setting -----------------------------------------------------------------------
+
+@dataclass
+class Setting:
+    """The runs of one hyper-parameter setting within a table cell."""
+    key: dict[str, Any]
+    values: list[float]
+    statuses: list[str]
+    runs: list[dict] = field(default_factory=list)  # ok runs with a value, one per seed
+
+    @property
+    def eligible(self) -> bool:
+        return bool(self.values) and not ({"diverged", "oom"} & set(self.statuses))
+
+    @property
+    def mean(self) -> float | None:
+        return statistics.fmean(self.values) if self.values else None
+
+    @property
+    def std(self) -> float | None:
+        return statistics.stdev(self.values) if len(self.values) > 1 else None
+
+
+def settings(runs: pd.DataFrame, value: Callable, keys=SETTING_KEYS) -> list[Setting]:
+    """Group runs by setting; within one, the last ok run per seed gives a value."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in runs.to_dict("records"):
+        groups.setdefault(tuple(clean(row.get(k)) for k in keys), []).append(row)
+    out = []
+    for key, rows in groups.items():
+        per_seed: dict[Any, dict] = {}
+        for i, row in enumerate(rows):
+            if row["status"] == "ok" and value(row.get("metrics")) is not None:
+                seed = clean(row.get("seed"))
+                per_seed[seed if seed is not None else ("run", i)] = row
+        chosen = list(per_seed.values())
+        out.append(Setting(dict(zip(keys, key)), [value(r["metrics"]) for r in chosen],
+                           [r["status"] for r in rows], chosen))
+    return out
+
+
+def best_setting(runs: pd.DataFrame, value: Callable, keys=SETTING_KEYS) -> Setting | None:
+    """The eligible setting with the highest mean (the first such on ties), or None."""
+    candidates = [s for s in settings(runs, value, keys) if s.eligible]
+    return max(candidates, key=lambda s: s.mean) if candidates else None
+
+
+def missing_reason(runs: pd.DataFrame, value: Callable | None = None) -> str:
+    """Why a cell has no value: not run, oom, diverged, a failed run's error, or metric missing."""
+    if runs.empty:
+        return "not run"
+    statuses = set(runs["status"])
+    if "oom" in statuses:
+        return "oom"
+    if "diverged" in statuses:
+        return "diverged"
+    failed = runs[runs["status"] == "failed"]
+    if not failed.empty:
+        errors = [str(e).strip().splitlines()[0] for e in failed["error"] if clean(e) and str(e).strip()]
+        return errors[-1][:80] if errors else "failed"
+    name = getattr(value, "metric_name", "metric")
+    return f"metric missing: {name}"
+
+
+def summary(values: list[float]) -> tuple[float | None, float | None]:
+    if not values:
+        return None, None
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+# ---- formatting -------------------------------------------------------------------------
+
+def rnd(x, digits: int = 4):
+    x = clean(x)
+    return None if x is None else round(float(x), digits)
+
+
+def fmt(x, digits: int = 1) -> str:
+    x = clean(x)
+    return "" if x is None else f"{x:.{digits}f}"
+
+
+def fmt_pm(mean, std, digits: int = 1) -> str:
+    if clean(mean) is None:
+        return ""
+    return fmt(mean, digits) + (f" ± {fmt(std, digits)}" if clean(std) is not None else "")
+
+
+def fmt_lr(lr) -> str:
+    """5e-4, 1.5e-4 (the paper's style)."""
+    lr = clean(lr)
+    if lr is None:
+        return ""
+    mantissa, exponent = f"{float(lr):.2e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+
+
+def fmt_range(lrs) -> str:
+    """{1e-5, ..., 9e-5} for three or more values, else the values listed."""
+    lrs = sorted(set(lrs))
+    if not lrs:
+        return ""
+    if len(lrs) >= 3:
+        return "{" + f"{fmt_lr(lrs[0])}, ..., {fmt_lr(lrs[-1])}" + "}"
+    return "{" + ", ".join(fmt_lr(x) for x in lrs) + "}"
+
+
+def markdown(header: list[str], rows: list[list[str]]) -> str:
+    def esc(cell):
+        return str(cell).replace("|", "\\|")
+    lines = ["| " + " | ".join(map(esc, header)) + " |",
+             "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(map(esc, row)) + " |" for row in rows]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,210 @@
+"""Table builders on hand-made records with known values: exact CSV rows."""
+
+import pandas as pd
+import pytest
+
+from analysis import paper_values as P
+from analysis import tables
+from analysis.common import fmt_lr, fmt_range
+from lorafa.results import RunRecord, load_records, write_record
+
+
+def frame(*records):
+    return pd.DataFrame([r.to_dict() for r in records])
+
+
+def run(i=[0], **kw):  # noqa: B006 - a counter for unique run ids
+    i[0] += 1
+    return RunRecord(run_id=f"t{i[0]}", **kw)
+
+
+def glue(task, lr, seed, metrics, status="ok", **kw):
+    return run(experiment="table2", model="tiny-roberta", method="lora_fa", task=task, r=8, alpha=16, lr=lr,
+               seed=seed, metrics=metrics, status=status, trainable_params=1_800_000, **kw)
+
+
+def rows_csv(df, **equal):
+    mask = pd.Series(True, index=df.index)
+    for k, v in equal.items():
+        mask &= df[k] == v
+    return df[mask].to_csv(index=False)
+
+
+def test_table2_best_lr_mean_std_mnli_and_missing_reasons():
+    recs = frame(
+        glue("glue/mrpc", 1e-4, 0, {"accuracy": 0.10}),  # superseded: a later run of the same seed
+        glue("glue/mrpc", 1e-4, 0, {"accuracy": 0.80}),
+        glue("glue/mrpc", 1e-4, 1, {"accuracy": 0.82}),
+        glue("glue/mrpc", 1e-4, 2, {"accuracy": 0.84}),
+        glue("glue/mrpc", 5e-4, 0, {"accuracy": 0.85}),  # higher mean, but one seed diverged
+        glue("glue/mrpc", 5e-4, 1, {"accuracy": 0.87}),
+        glue("glue/mrpc", 5e-4, 2, {}, status="diverged"),
+        glue("glue/mnli", 1e-4, 0, {"accuracy_matched": 0.80, "accuracy_mismatched": 0.82}),
+        glue("glue/mnli", 1e-4, 1, {"accuracy_matched": 0.84, "accuracy_mismatched": 0.86}),
+        glue("glue/cola", 1e-4, 0, {}, status="oom"),
+        glue("glue/rte", 1e-4, 0, {}, status="failed", error="data unavailable offline: glue/rte\nTraceback"),
+        glue("glue/sst2", 1e-4, 0, {}, status="diverged"),
+        glue("glue/qnli", 1e-4, 0, {"f1": 0.9}),
+        glue("glue/stsb", 1e-4, 0, {"pearson": 0.9}),
+        # another experiment's record is ignored
+        run(experiment="table5", model="tiny-roberta", method="lora_fa", task="glue/stsb", metrics={"pearson": 0.1}),
+    )
+    df = tables.build_table2(recs)
+    assert rows_csv(df, model="tiny-roberta", method="lora_fa") == """\
+model,paper_model,method,column,ours,ours_std,n_seeds,lr,r,paper,paper_std,delta,note
+tiny-roberta,RoBERTa-base,lora_fa,# TPs (M),1.8,,,,,1.8,,0.0,
+tiny-roberta,RoBERTa-base,lora_fa,MRPC,82.0,2.0,3,0.0001,8,90.0,0.4,-8.0,
+tiny-roberta,RoBERTa-base,lora_fa,COLA,,,,,,63.6,1.6,,oom
+tiny-roberta,RoBERTa-base,lora_fa,QNLI,,,,,,92.5,0.7,,metric missing: accuracy
+tiny-roberta,RoBERTa-base,lora_fa,RTE,,,,,,77.9,1.7,,data unavailable offline: glue/rte
+tiny-roberta,RoBERTa-base,lora_fa,SST-2,,,,,,94.8,0.2,,diverged
+tiny-roberta,RoBERTa-base,lora_fa,STS-B,90.0,,1,0.0001,8,89.6,0.2,0.4,
+tiny-roberta,RoBERTa-base,lora_fa,MNLI,83.0,2.8284,2,0.0001,8,86.8,0.0,-3.8,
+tiny-roberta,RoBERTa-base,lora_fa,QQP,,,,,,90.1,0.0,,not run
+tiny-roberta,RoBERTa-base,lora_fa,Avg.,,,,,,85.7,0.6,,"incomplete: no COLA, QNLI, RTE, SST-2, QQP"
+"""
+    # every paper row is present; those without records say "not run"
+    assert len(df) == 8 * 10
+    others = df[~((df.model == "tiny-roberta") & (df.method == "lora_fa"))]
+    assert set(others.note) == {"not run"} and others.ours.isna().all()
+    assert list(dict.fromkeys(df.model)) == ["tiny-roberta", "roberta-large"]
+    md = tables.markdown_table("table2", df)
+    assert "Rows for tiny-roberta are compared with the paper's RoBERTa-base rows." in md
+    assert "| tiny-roberta | LoRA-FA | ours | 1.80 | 82.0 ± 2.0 | _oom_ |" in md
+
+
+def test_table2_average_over_complete_rows():
+    values = {"glue/mrpc": ("accuracy", 0.9), "glue/cola": ("mcc", 0.6), "glue/qnli": ("accuracy", 0.9),
+              "glue/rte": ("accuracy", 0.7), "glue/sst2": ("accuracy", 0.9), "glue/stsb": ("pearson", 0.9),
+              "glue/qqp": ("accuracy", 0.9)}
+    recs = [glue(t, 1e-4, s, {k: v + 0.01 * s}) for t, (k, v) in values.items() for s in (0, 1)]
+    recs += [glue("glue/mnli", 1e-4, s, {"accuracy_matched": 0.8 + 0.01 * s, "accuracy_mismatched": 0.8 + 0.01 * s})
+             for s in (0, 1)]
+    df = tables.build_table2(frame(*recs))
+    avg = df[(df.model == "tiny-roberta") & (df.method == "lora_fa") & (df.column == "Avg.")].iloc[0]
+    assert avg.ours == pytest.approx((90 + 60 + 90 + 70 + 90 + 90 + 80 + 90) / 8 + 0.5)
+    assert avg.ours_std == pytest.approx(0.7071) and avg.note == ""
+
+
+def test_table3_rouge_comes_from_the_bleu_selected_setting():
+    def t5(lr, seed, bleu, rouge, **kw):
+        return run(experiment="table3", model="t5-small", task="wmt16_en_ro", method="lora", r=8, lr=lr,
+                   seed=seed, metrics={"bleu": bleu, "rougeL": rouge}, trainable_params=400_000, **kw)
+    df = tables.build_table3(frame(t5(1e-4, 0, 27.0, 39.0), t5(1e-4, 1, 28.0, 40.0), t5(1e-3, 0, 26.0, 45.0)))
+    assert rows_csv(df, model="t5-small", method="lora") == """\
+model,paper_model,method,column,ours,ours_std,n_seeds,lr,r,paper,paper_std,delta,note
+t5-small,T5-small,lora,# TPs (M),0.4,,,,,0.4,,0.0,
+t5-small,T5-small,lora,BLEU,27.5,0.7071,2,0.0001,8,27.0,,0.5,
+t5-small,T5-small,lora,ROUGE-L,39.5,0.7071,2,0.0001,8,39.6,,-0.1,
+"""
+    assert set(df[df.model == "t5-large"].note) == {"not run"}
+
+
+def test_table4_gain_over_base_model():
+    def llama(model, task, method, acc):
+        tuned = method != "base"
+        return run(experiment="table4", model=model, task=task, method=method, r=64 if tuned else None,
+                   lr=2e-4 if tuned else None, seed=0, metrics={"mmlu_accuracy": acc},
+                   trainable_params=83_000_000 if tuned else None)
+    df = tables.build_table4(frame(llama("llama-7b", "mmlu", "base", 0.35),
+                                   llama("llama-7b", "alpaca", "lora_fa", 0.374),
+                                   llama("tiny-llama", "flanv2", "lora_fa", 0.30)))
+    assert rows_csv(df, model="llama-7b", task="alpaca", method="lora_fa") == """\
+model,paper_model,task,method,column,ours,ours_std,n_seeds,lr,r,paper,paper_std,delta,note
+llama-7b,LLaMA-7B,alpaca,lora_fa,# TPs (M),83.0,,,,,83.0,,0.0,
+llama-7b,LLaMA-7B,alpaca,lora_fa,MMLU,37.4,,1,0.0002,64,37.4,,0.0,
+llama-7b,LLaMA-7B,alpaca,lora_fa,Gain,2.4,,,,,2.3,,0.1,
+"""
+    assert rows_csv(df, model="llama-7b", method="base") == """\
+model,paper_model,task,method,column,ours,ours_std,n_seeds,lr,r,paper,paper_std,delta,note
+llama-7b,LLaMA-7B,mmlu,base,MMLU,35.0,,1,,,35.1,,-0.1,
+"""
+    gain = df[(df.model == "tiny-llama") & (df.task == "flanv2") & (df.method == "lora_fa") & (df.column == "Gain")]
+    assert gain.iloc[0].note == "no base-model record (task mmlu)"
+    assert df[(df.model == "tiny-llama") & (df.method == "base")].iloc[0].note == "not run"
+
+
+def test_table5_memory_oom_and_sources():
+    gb = 2**30
+
+    def mem(model, method, r, peak, status="ok"):
+        return run(experiment="table5", model=model, task="memory", method=method, r=r, batch_size=64,
+                   status=status, peak_memory_bytes=peak, memory_source="simulated" if peak else None)
+    df = tables.build_table5(frame(mem("roberta-base", "lora", 8, 9 * gb), mem("roberta-base", "lora", 8, int(9.5 * gb)),
+                                   mem("roberta-base", "full_ft", None, None, "oom"),
+                                   mem("llama-7b", "lora_fa", 64, 60 * gb)))
+    assert rows_csv(df, model="roberta-base") == """\
+model,paper_model,method,column,ours,ours_std,n_seeds,r,paper,paper_std,delta,note,batch_size,memory_source,paper_r,paper_batch_size,paper_note
+roberta-base,RoBERTa-base,full_ft,Mem (GB),,,,,9.6,,,oom,64,,,64,
+roberta-base,RoBERTa-base,lora,Mem (GB),9.25,0.3536,2,8,9.2,,0.05,,64,simulated,8,64,
+roberta-base,RoBERTa-base,lora_fa,Mem (GB),,,,8,6.9,,,not run,,,8,64,
+"""
+    llama = df[df.model == "llama-7b"].set_index("method")
+    assert llama.loc["full_ft", "paper_note"] == "OOM" and llama.loc["full_ft", "note"] == "not run"
+    assert llama.loc["lora_fa", "ours"] == 60.0 and llama.loc["lora_fa", "delta"] == pytest.approx(-1.49)
+
+
+def test_table6_best_lr_and_converging_range():
+    def mrpc(lr, seed, acc, status="ok", init="ones"):
+        return run(experiment="table6", model="roberta-base", task="glue/mrpc", method="lora_fa", r=8, alpha=16,
+                   lr=lr, seed=seed, init_a=init, status=status, metrics={"accuracy": acc} if acc else {})
+    df = tables.build_table6(frame(mrpc(1e-4, 0, 0.89), mrpc(1e-4, 1, 0.90), mrpc(2e-4, 0, 0.90),
+                                   mrpc(2e-4, 1, 0.91), mrpc(3e-4, 0, 0.885), mrpc(5e-4, 0, 0.80),
+                                   mrpc(9e-4, 0, None, "diverged")))
+    assert df.to_csv(index=False) == """\
+model,paper_model,method,init_a,ours,ours_std,n_seeds,lr,r,paper,paper_std,delta,note,lr_range,n_lrs_run,paper_lr_range
+roberta-base,RoBERTa-base,lora_fa,all_one,90.5,0.7071,2,0.0002,8,89.72,0.4,0.78,,"{1e-4, ..., 3e-4}",5,"{1e-4, ..., 9e-4}"
+roberta-base,RoBERTa-base,lora_fa,std_normal,,,,,,88.94,0.6,,not run,,,"{1e-5, ..., 9e-5}"
+roberta-base,RoBERTa-base,lora_fa,kaiming_uniform,,,,,,90.0,0.4,,not run,,,"{1e-5, ..., 9e-5}"
+"""
+    assert "| roberta-base | LoRA-FA | All-one | {1e-4, ..., 3e-4} | 2e-4 | 90.50 ± 0.71 |" in \
+        tables.markdown_table("table6", df)
+
+
+def test_table7_alpha_rows():
+    def mrpc(alpha, lr, acc):
+        return run(experiment="table7", model="roberta-base", task="glue/mrpc", method="lora_fa", r=8,
+                   alpha=alpha, lr=lr, seed=0, metrics={"accuracy": acc})
+    df = tables.build_table7(frame(mrpc(32.0, 4e-4, 0.89), mrpc(32.0, 6e-4, 0.90), mrpc(1, 1e-3, 0.70)))
+    assert list(df.alpha) == list(P.TABLE7)
+    row = df.set_index("alpha").loc[32]
+    assert (row.ours, row.lr, row.lr_range, row.paper, row.paper_lr_range) == \
+        (90.0, 6e-4, "{4e-4, 6e-4}", 90.0, "{4e-4, ..., 9e-4}")
+    assert df.set_index("alpha").loc[2, "note"] == "not run"
+
+
+def test_formatting_helpers():
+    assert [fmt_lr(x) for x in (5e-4, 1.5e-4, 1e-3, 2e-5)] == ["5e-4", "1.5e-4", "1e-3", "2e-5"]
+    assert fmt_range([3e-5, 1e-5, 2e-5]) == "{1e-5, ..., 3e-5}" and fmt_range([1e-4]) == "{1e-4}"
+
+
+def test_paper_values_are_transcribed_in_full():
+    assert len(P.TABLE2) == 8 and all(len(v) == 10 for v in P.TABLE2.values())
+    assert P.TABLE2[("RoBERTa-base", "lora_fa")]["Avg."] == (85.7, 0.6)
+    assert P.TABLE2[("RoBERTa-large", "full_ft")]["COLA"] == (67.8, 1.0)
+    assert len(P.TABLE3) == 9 and P.TABLE3[("T5-large", "lora_fa")]["# TPs (M)"] == 2.25
+    assert len(P.TABLE4) == 8 and all(round(v["MMLU"] - v["Gain"], 1) == P.TABLE4_BASE_MMLU for v in P.TABLE4.values())
+    assert len(P.TABLE5) == 18 and P.TABLE5[("LLaMA-7B", "full_ft")] == (None, None)
+    assert len(P.TABLE6) == 3 and len(P.TABLE7) == 8
+    assert P.FIG3["activations_gb"] == {"lora": 55.58, "lora_fa": 42.48} and P.FIG5["gap_gb"] == (3.0, 8.0)
+
+
+def test_cli_writes_every_table_and_reports_missing(tmp_path, capsys):
+    root = tmp_path / "results"
+    write_record(glue("glue/mrpc", 1e-4, 0, {"accuracy": 0.8}), root / "mini")
+    write_record(glue("glue/cola", 1e-4, 0, {}, status="oom"), root / "mini")
+    assert tables.main(["--scale", "mini", "--root", str(root)]) == 0
+    out = capsys.readouterr().out
+    for n in range(2, 8):
+        assert (root / "mini" / "tables" / f"table{n}.csv").stat().st_size > 0
+        assert (root / "mini" / "tables" / f"table{n}.md").read_text().startswith(f"# Table {n}")
+    assert "2 run record(s)" in out and "table2: 1 cell(s) oom: tiny-roberta/lora_fa/COLA" in out
+    assert "not run" in out
+    written = pd.read_csv(root / "mini" / "tables" / "table2.csv")
+    assert written[(written.model == "tiny-roberta") & (written.method == "lora_fa") & (written.column == "MRPC")].ours.iloc[0] == 80.0
+
+    capsys.readouterr()
+    assert tables.main(["--scale", "mini", "--root", str(root), "--only", "table5"]) == 0
+    out = capsys.readouterr().out
+    assert "table5:" in out and "table2:" not in out
+    assert len(load_records(root / "mini")) == 2
