@@ -1,0 +1,97 @@
+"""One training run (or, with -m, a sweep) from the Hydra config in conf/.
+
+    python experiments/run.py task=glue/mrpc method=lora_fa scale=mini logger=none
+    python experiments/run.py -m experiment=table7
+
+The whole config is validated and turned into plain lorafa objects before any model is
+built; the library never sees Hydra.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from lorafa.config import AdapterConfig  # noqa: E402
+from lorafa.experiment import DataSpec, MethodSpec, RunSpec, run  # noqa: E402
+from lorafa.models import ModelSpec  # noqa: E402
+from lorafa.training import TrainSettings  # noqa: E402
+
+CONF = ROOT / "conf"
+OmegaConf.register_new_resolver("mul", lambda a, b: a * b, replace=True)
+
+
+def _names(group: str) -> list[str]:
+    folder = CONF / group
+    return sorted(str(p.relative_to(folder).with_suffix("")) for p in folder.rglob("*.yaml"))
+
+
+def _model_config(cfg: DictConfig) -> dict:
+    """The run's model: model=NAME if given, else the task's paper model; the scale maps it."""
+    if cfg.get("model") is not None:
+        chosen = OmegaConf.to_container(cfg.model, resolve=True)
+        name = chosen["name"]
+    else:
+        name, chosen = cfg.task.model, None
+    mapped = cfg.scale.models.get(name, name)
+    if chosen is None or mapped != name:
+        path = CONF / "model" / f"{mapped}.yaml"
+        if not path.is_file():
+            raise ValueError(f"model={mapped!r} is unknown; available: {', '.join(_names('model'))}")
+        chosen = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    return chosen
+
+
+def _check_keys(section: str, given: dict, allowed) -> None:
+    unknown = sorted(set(given) - set(allowed))
+    if unknown:
+        raise ValueError(f"{section}: unknown keys {unknown}; allowed: {', '.join(sorted(allowed))}")
+
+
+def to_spec(cfg: DictConfig) -> RunSpec:
+    """The Hydra config as plain lorafa objects, every field checked."""
+    import dataclasses
+
+    c = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    model = _model_config(cfg)
+    model_fields = {f.name for f in dataclasses.fields(ModelSpec)}
+    method = c["method"]
+    adapter = AdapterConfig(**method["adapter"]) if method.get("adapter") else None
+    trainer = dict(c["trainer"], seed=c["seed"])
+    _check_keys("trainer", trainer, {f.name for f in dataclasses.fields(TrainSettings)})
+    _check_keys("data", c["data"], {f.name for f in dataclasses.fields(DataSpec)})
+    spec = RunSpec(
+        model=ModelSpec(**{k: v for k, v in model.items() if k in model_fields}),
+        task=c["task"]["name"],
+        method=MethodSpec(name=method["name"], kind=method.get("kind", "adapter"), adapter=adapter,
+                          num_virtual_tokens=method.get("num_virtual_tokens", 20)),
+        trainer=TrainSettings(**trainer),
+        data=DataSpec(**c["data"]),
+        experiment=c["experiment_name"],
+        scale=c["scale"]["name"],
+        results_root=c["results_dir"],
+        logger=c["logger"]["name"],
+        wandb_project=c["logger"].get("project", "lorafa"),
+    )
+    spec.validate()
+    return spec
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> None:
+    try:
+        spec = to_spec(cfg)
+    except ValueError as err:
+        print(f"[lorafa] config error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    run(spec, force=cfg.force)
+
+
+if __name__ == "__main__":
+    main()

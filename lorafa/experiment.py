@@ -1,0 +1,279 @@
+"""One training run from plain objects: build model + adapters + data + trainer, train,
+evaluate, write the run record. experiments/run.py turns a Hydra config into a RunSpec and
+calls `run`; nothing here knows about Hydra.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import os
+import re
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lorafa.config import AdapterConfig
+from lorafa.inject import add_adapters, count_trainable
+from lorafa.models import ModelSpec, check_compatible, load_model, load_tokenizer
+from lorafa.paths import REPO_ROOT
+from lorafa.results import RunRecord, config_hash, find_finished, write_record
+from lorafa.tasks import TaskSpec, get_task
+from lorafa.training import TrainSettings, train_and_evaluate
+
+METHOD_KINDS = ("adapter", "full_ft", "prompt_tuning")
+LOGGERS = ("none", "wandb")
+
+
+@dataclass
+class MethodSpec:
+    name: str  # the config name: full_ft, lora, lora_fa, lora_qv, prompt_tuning, lora_fa_corrected
+    kind: str = "adapter"
+    adapter: AdapterConfig | None = None
+    num_virtual_tokens: int = 20
+
+    def validate(self) -> None:
+        if self.kind not in METHOD_KINDS:
+            raise ValueError(f"method.kind={self.kind!r} is invalid; allowed: {', '.join(METHOD_KINDS)}")
+        if self.kind == "adapter" and self.adapter is None:
+            raise ValueError(f"method {self.name!r}: kind 'adapter' needs method.adapter settings")
+        if self.kind == "prompt_tuning" and self.num_virtual_tokens < 1:
+            raise ValueError(f"method.num_virtual_tokens={self.num_virtual_tokens} is invalid; allowed: >= 1")
+
+
+@dataclass
+class DataSpec:
+    dir: str | None = None
+    max_length: int = 128  # the paper's sequence length (source length for translation)
+    max_target_length: int = 128
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = None
+    train_split: str | None = None  # None: the task's; "validation" trains on dev (QNLI offline)
+    eval_from_train: int | None = None  # hold out N training rows as the eval set (QNLI offline)
+    mmlu_subjects: list[str] | None = None  # None: all 57
+    mmlu_k: int = 5
+    mmlu_max_examples: int | None = None
+    mmlu_split: str = "test"
+
+    def validate(self) -> None:
+        if self.dir is not None and not Path(self.dir).is_dir():
+            raise ValueError(f"data.dir={self.dir!r} is not a directory")
+        for name in ("max_length", "max_target_length"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"data.{name}={getattr(self, name)} is invalid; allowed: an integer >= 1")
+        for name in ("max_train_samples", "max_eval_samples", "eval_from_train", "mmlu_max_examples"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"data.{name}={value} is invalid; allowed: null or an integer >= 1")
+
+
+@dataclass
+class RunSpec:
+    model: ModelSpec
+    task: str
+    method: MethodSpec
+    trainer: TrainSettings
+    data: DataSpec = field(default_factory=DataSpec)
+    experiment: str = "run"
+    scale: str = "paper"
+    results_root: str = str(REPO_ROOT / "results" / "paper")
+    logger: str = "none"
+    wandb_project: str = "lorafa"
+
+    def validate(self) -> TaskSpec:
+        """Every field checked before any model is built; returns the task's spec."""
+        task = get_task(self.task)
+        if task.family == "mmlu":
+            raise ValueError("task='mmlu' is evaluation only; train on task=alpaca or task=flanv2 "
+                             "(MMLU 5-shot runs after training)")
+        self.model.validate()
+        self.method.validate()
+        self.trainer.validate()
+        self.data.validate()
+        check_compatible(self.model, task.family, task.name)
+        if self.method.kind == "prompt_tuning" and task.family not in ("classification", "regression"):
+            raise ValueError(f"method={self.method.name!r} is implemented for GLUE tasks only, not task={self.task!r}")
+        if self.logger not in LOGGERS:
+            raise ValueError(f"logger={self.logger!r} is invalid; allowed: {', '.join(LOGGERS)}")
+        return task
+
+    def identity(self) -> dict[str, Any]:
+        """What defines the run's result: everything but where it is written and logged."""
+        d = dataclasses.asdict(self)
+        for key in ("results_root", "logger", "wandb_project"):
+            d.pop(key)
+        d["data"].pop("dir")
+        d["trainer"].pop("report_to")
+        return d
+
+    def run_id(self, digest: str) -> str:
+        m = self.method
+        r = f"r{m.adapter.r}" if m.adapter and m.kind == "adapter" else m.kind
+        text = f"{self.experiment}__{self.model.name}__{self.task}__{m.name}__{r}__lr{self.trainer.lr:g}" \
+               f"__s{self.trainer.seed}__{digest[:8]}"
+        return re.sub(r"[^A-Za-z0-9_.=-]+", "-", text)
+
+
+# ----------------------------------------------------------------------------- data
+
+def _limit(dataset, n: int | None, seed: int):
+    if n is None or n >= len(dataset):
+        return dataset
+    return dataset.shuffle(seed=seed).select(range(n))
+
+
+def build_data(spec: RunSpec, task: TaskSpec, tokenizer):
+    """(train dataset, {suffix: eval dataset}, collator, compute_metrics, final_eval) for the task family."""
+    from transformers import DataCollatorForSeq2Seq, DataCollatorWithPadding
+
+    from lorafa.tasks import load_split
+
+    data, seed = spec.data, spec.trainer.seed
+    train = load_split(task.name, data.train_split or task.train_split, data.dir)
+    if data.eval_from_train:
+        from lorafa.tasks.common import train_eval_split
+        train, held_out = train_eval_split(train, data.eval_from_train, seed=seed)
+        raw_evals = {"": held_out}
+    else:
+        splits = task.eval_splits
+        raw_evals = {(s.rsplit("_", 1)[-1] if len(splits) > 1 else ""): load_split(task.name, s, data.dir)
+                     for s in splits[:1 if task.family == "seq2seq" else None]}
+    train = _limit(train, data.max_train_samples, seed)
+    raw_evals = {k: _limit(v, data.max_eval_samples, seed) for k, v in raw_evals.items()}
+
+    if task.family in ("classification", "regression"):
+        from lorafa.tasks.glue import glue_compute_metrics, tokenize_glue
+        tok = lambda ds: tokenize_glue(ds, tokenizer, data.max_length)  # noqa: E731
+        return (tok(train), {k: tok(v) for k, v in raw_evals.items()},
+                DataCollatorWithPadding(tokenizer), glue_compute_metrics(task.name), None)
+    if task.family == "seq2seq":
+        from lorafa.tasks.translation import tokenize_translation, translation_compute_metrics
+        tok = lambda ds: tokenize_translation(ds, tokenizer, data.max_length, data.max_target_length)  # noqa: E731
+        return (tok(train), {k: tok(v) for k, v in raw_evals.items()},
+                DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100),
+                translation_compute_metrics(tokenizer), None)
+    # instruction tuning: no eval set during training; MMLU k-shot afterwards
+    from lorafa.tasks.instruct import tokenize_instruction
+    from lorafa.tasks.mmlu import evaluate_mmlu
+
+    def final_eval(model) -> dict:
+        model.eval()
+        result = evaluate_mmlu(model, tokenizer, data.mmlu_subjects, split=data.mmlu_split, k=data.mmlu_k,
+                               max_examples_per_subject=data.mmlu_max_examples,
+                               batch_size=spec.trainer.eval_batch_size, data_dir=data.dir)
+        out = {"mmlu_accuracy": result["accuracy"]}
+        out.update({f"mmlu/{s}": acc for s, acc in result["per_subject"].items()})
+        return out
+
+    return (tokenize_instruction(train, tokenizer, data.max_length), {},
+            DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, padding=True), None, final_eval)
+
+
+# ----------------------------------------------------------------------------- model
+
+def build_model(spec: RunSpec, task: TaskSpec):
+    tokenizer = load_tokenizer(spec.model)
+    model = load_model(spec.model, task.family, tokenizer, task.num_labels)
+    method = spec.method
+    if method.kind == "adapter":
+        add_adapters(model, method.adapter)
+    elif method.kind == "full_ft":
+        add_adapters(model, AdapterConfig(method="full_ft"))
+    else:  # prompt tuning (Table 2's "PT" rows) comes from PEFT
+        from peft import PromptTuningConfig, TaskType, get_peft_model
+        model = get_peft_model(model, PromptTuningConfig(task_type=TaskType.SEQ_CLS,
+                                                         num_virtual_tokens=method.num_virtual_tokens))
+    return model, tokenizer
+
+
+# ----------------------------------------------------------------------------- the run
+
+def _git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True,
+                              text=True, timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _device() -> str:
+    if torch.cuda.is_available():
+        return f"cuda:{torch.cuda.get_device_name()}"
+    return f"cpu:{os.cpu_count()}cores@{socket.gethostname()}"
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _check_writable(root: Path) -> None:
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=root, prefix=".write-test-"):
+            pass
+    except OSError as err:
+        raise ValueError(f"results directory {root} is not writable: {err}") from err
+
+
+def run(spec: RunSpec, force: bool = False) -> RunRecord:
+    """Train and evaluate one configuration, unless a finished record with the same hash exists."""
+    task = spec.validate()
+    root = Path(spec.results_root)
+    _check_writable(root)
+    digest = config_hash(spec.identity())
+    if not force and (done := find_finished(root, digest)) is not None:
+        print(f"[lorafa] skip: finished run {done.run_id} (config {digest})")
+        return done
+    run_id = spec.run_id(digest)
+    started, t0 = _now(), time.perf_counter()
+    torch.manual_seed(spec.trainer.seed)
+    model, tokenizer = build_model(spec, task)
+    train, evals, collator, compute_metrics, final_eval = build_data(spec, task, tokenizer)
+    if spec.logger == "wandb":
+        os.environ.setdefault("WANDB_MODE", "offline")
+        os.environ.setdefault("WANDB_PROJECT", spec.wandb_project)
+        os.environ.setdefault("WANDB_DIR", str(root))
+        spec.trainer.report_to = ["wandb"]
+    with tempfile.TemporaryDirectory(prefix="lorafa-run-") as tmp:
+        outcome = train_and_evaluate(model, tokenizer, spec.trainer, train, evals, collator, compute_metrics,
+                                     output_dir=tmp, run_name=run_id, seq2seq=task.family == "seq2seq",
+                                     final_eval=final_eval)
+    adapter = spec.method.adapter
+    record = RunRecord(
+        run_id=run_id, config_hash=digest, experiment=spec.experiment, scale=spec.scale, model=spec.model.name,
+        task=spec.task, method=spec.method.name, r=adapter.r if adapter else None,
+        alpha=adapter.alpha if adapter else None, lr=spec.trainer.lr, init_a=adapter.init_a if adapter else None,
+        seed=spec.trainer.seed, batch_size=spec.trainer.batch_size, seq_len=spec.data.max_length,
+        status=outcome.status, metrics=outcome.metrics, eval_history=outcome.eval_history,
+        trainable_params=count_trainable(model), peak_memory_bytes=outcome.peak_memory_bytes,
+        memory_source=outcome.memory_source, activation_bytes=outcome.activation_bytes,
+        memory_breakdown=outcome.memory_breakdown, step_time_s=outcome.step_time_s,
+        tokens_per_s=outcome.tokens_per_s, wall_s=round(time.perf_counter() - t0, 3),
+        options={"dropout": adapter.dropout if adapter else None, "precision": spec.trainer.precision,
+                 "model_dtype": spec.model.dtype, "attn_implementation": spec.model.attn_implementation,
+                 "gradient_checkpointing": spec.trainer.gradient_checkpointing},
+        error=outcome.error, git_commit=_git_commit(), device=_device(), started_at=started, finished_at=_now())
+    path = write_record(record, root)
+    if spec.logger == "wandb":
+        _log_summary_to_wandb(record)
+    print(f"[lorafa] {record.status}: {record.run_id}\n[lorafa] record: {path}")
+    return record
+
+
+def _log_summary_to_wandb(record: RunRecord) -> None:
+    import wandb
+
+    if wandb.run is None:
+        return
+    summary = {k: v for k, v in record.metrics.items() if isinstance(v, (int, float))}
+    summary.update({k: getattr(record, k) for k in ("peak_memory_bytes", "activation_bytes", "trainable_params",
+                                                     "step_time_s", "tokens_per_s", "wall_s") if getattr(record, k) is not None})
+    summary["status"] = record.status
+    wandb.run.summary.update(summary)
+    wandb.finish()
