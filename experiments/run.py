@@ -21,6 +21,7 @@ sys.path.insert(0, str(ROOT))
 from lorafa.config import AdapterConfig  # noqa: E402
 from lorafa.experiment import DataSpec, MethodSpec, RunSpec, run  # noqa: E402
 from lorafa.models import ModelSpec  # noqa: E402
+from lorafa.paths import results_dir  # noqa: E402
 from lorafa.training import TrainSettings  # noqa: E402
 
 CONF = ROOT / "conf"
@@ -30,6 +31,22 @@ OmegaConf.register_new_resolver("mul", lambda a, b: a * b, replace=True)
 def _names(group: str) -> list[str]:
     folder = CONF / group
     return sorted(str(p.relative_to(folder).with_suffix("")) for p in folder.rglob("*.yaml"))
+
+
+GROUPS = ("task", "method", "model", "trainer", "logger", "scale", "experiment")
+
+
+def check_group_choices(argv: list[str]) -> None:
+    """Unknown config-group names fail here with every available name listed (Hydra's own
+    message omits nested ones such as glue/mrpc)."""
+    for arg in argv:
+        group, sep, value = arg.partition("=")
+        if not sep or group not in GROUPS or "(" in value or value in ("null", ""):
+            continue
+        names = _names(group)
+        for choice in value.split(","):
+            if choice not in names:
+                raise ValueError(f"{group}={choice!r} is unknown; available: {', '.join(names)}")
 
 
 def _model_config(cfg: DictConfig) -> dict:
@@ -66,6 +83,8 @@ def to_spec(cfg: DictConfig) -> RunSpec:
     trainer = dict(c["trainer"], seed=c["seed"])
     _check_keys("trainer", trainer, {f.name for f in dataclasses.fields(TrainSettings)})
     _check_keys("data", c["data"], {f.name for f in dataclasses.fields(DataSpec)})
+    if not c["data"].get("eval_splits"):  # the task config may name its evaluation split(s)
+        c["data"]["eval_splits"] = c["task"].get("eval_splits")
     spec = RunSpec(
         model=ModelSpec(**{k: v for k, v in model.items() if k in model_fields}),
         task=c["task"]["name"],
@@ -75,7 +94,7 @@ def to_spec(cfg: DictConfig) -> RunSpec:
         data=DataSpec(**c["data"]),
         experiment=c["experiment_name"],
         scale=c["scale"]["name"],
-        results_root=c["results_dir"],
+        results_root=c["results_dir"] or str(results_dir() / c["scale"]["name"]),
         logger=c["logger"]["name"],
         wandb_project=c["logger"].get("project", "lorafa"),
     )
@@ -94,4 +113,9 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    try:
+        check_group_choices(sys.argv[1:])
+    except ValueError as err:
+        print(f"[lorafa] config error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
     main()

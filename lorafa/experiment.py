@@ -55,6 +55,7 @@ class DataSpec:
     max_train_samples: int | None = None
     max_eval_samples: int | None = None
     train_split: str | None = None  # None: the task's; "validation" trains on dev (QNLI offline)
+    eval_splits: list[str] | None = None  # None: all of the task's evaluation splits
     eval_from_train: int | None = None  # hold out N training rows as the eval set (QNLI offline)
     mmlu_subjects: list[str] | None = None  # None: all 57
     mmlu_k: int = 5
@@ -141,9 +142,10 @@ def build_data(spec: RunSpec, task: TaskSpec, tokenizer):
         train, held_out = train_eval_split(train, data.eval_from_train, seed=seed)
         raw_evals = {"": held_out}
     else:
-        splits = task.eval_splits
+        splits = data.eval_splits or task.eval_splits
+        # one split keeps plain metric names; several (MNLI matched/mismatched) get a suffix each
         raw_evals = {(s.rsplit("_", 1)[-1] if len(splits) > 1 else ""): load_split(task.name, s, data.dir)
-                     for s in splits[:1 if task.family == "seq2seq" else None]}
+                     for s in splits}
     train = _limit(train, data.max_train_samples, seed)
     raw_evals = {k: _limit(v, data.max_eval_samples, seed) for k, v in raw_evals.items()}
 
@@ -171,8 +173,11 @@ def build_data(spec: RunSpec, task: TaskSpec, tokenizer):
         out.update({f"mmlu/{s}": acc for s, acc in result["per_subject"].items()})
         return out
 
-    return (tokenize_instruction(train, tokenizer, data.max_length), {},
-            DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, padding=True), None, final_eval)
+    train = tokenize_instruction(train, tokenizer, data.max_length)
+    if len(train) == 0:
+        raise ValueError(f"data.max_length={data.max_length} leaves no {task.name} example with a response token; "
+                         f"raise it")
+    return train, {}, DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, padding=True), None, final_eval
 
 
 # ----------------------------------------------------------------------------- model

@@ -21,7 +21,7 @@ from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, Trainer, Trai
 from lorafa.memory.activations import activation_report
 
 PRECISIONS = ("fp32", "bf16", "fp16")
-_NOT_METRICS = ("epoch", "num_input_tokens_seen", "step")
+_NOT_METRICS = ("epoch", "num_input_tokens_seen", "step", "runtime", "samples_per_second", "steps_per_second")
 
 
 def _eval_metrics(raw: dict, tail: str = "") -> dict:
@@ -29,7 +29,7 @@ def _eval_metrics(raw: dict, tail: str = "") -> dict:
     out = {}
     for key, value in raw.items():
         name = key.removeprefix("eval_")
-        if not isinstance(value, (int, float)) or name in _NOT_METRICS or name.endswith(("_runtime", "_per_second")):
+        if not isinstance(value, (int, float)) or name in _NOT_METRICS:
             continue
         out[("eval_loss" if name == "loss" else name) + tail] = value
     return out

@@ -1,0 +1,171 @@
+"""The fake-tensor memory simulator: one training step of a real model, without its weights.
+
+Memory does not depend on weight values. So: build the transformers model on the meta device,
+inject adapters there (PEFT-style .to() swaps fail under FakeTensorMode; meta first, fake
+afterwards avoids that), give it FakeTensor parameters, and run forward, backward and the
+optimizer step under `LiveMemory`, which counts every live storage. A LLaMA-7B point takes
+seconds on a laptop CPU.
+
+The fake device is "cpu": this torch build cannot fake CUDA tensors without CUDA, and the
+CPU kernels keep the same tensors for backward as CUDA's (sdpa: output + logsumexp).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import nn
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.utils.weak import WeakIdKeyDictionary
+
+from lorafa.adapters import LoraLayer
+from lorafa.memory.optim import MixedPrecisionAdamW
+from lorafa.memory.tracker import LiveMemory
+
+
+@dataclass
+class StepMemory:
+    """What one simulated (or measured) training step held.
+
+    peak_bytes and peak_breakdown: at the highest point. activation_bytes: storages saved for
+    backward at the end of forward (parameters and buffers excluded), as activation_report
+    measures them. persistent: weights, gradients and optimizer states after the step.
+    """
+
+    peak_bytes: int
+    peak_breakdown: dict
+    activation_bytes: int
+    persistent: dict = field(default_factory=dict)
+
+
+@contextlib.contextmanager
+def _masks_as_on_real_tensors():
+    """Let transformers choose attention masks as it does for real tensors.
+
+    Without an attention mask, transformers looks at the position ids' values to detect
+    packed sequences; a FakeTensor has no values, so it assumes packing and builds a 4-D
+    mask, where real tensors get sdpa's is_causal=True and no mask (flash attention). Our
+    batches hold one unpadded sequence per row, for which the real answer is "not packed".
+    """
+    try:
+        from transformers import masking_utils
+    except ImportError:
+        yield
+        return
+    original = masking_utils.find_packed_sequence_indices
+    masking_utils.find_packed_sequence_indices = lambda position_ids: None
+    try:
+        yield
+    finally:
+        masking_utils.find_packed_sequence_indices = original
+
+
+def _fakeify(model: nn.Module, device: str) -> None:
+    """Replace every parameter and buffer by an empty tensor of the same shape (fake under
+    FakeTensorMode), keeping tied parameters tied."""
+    memo: dict[int, torch.Tensor] = {}
+    for module in model.modules():
+        for name, p in list(module._parameters.items()):
+            if p is None:
+                continue
+            if id(p) not in memo:
+                memo[id(p)] = nn.Parameter(torch.empty(p.shape, dtype=p.dtype, device=device),
+                                           requires_grad=p.requires_grad)
+            module._parameters[name] = memo[id(p)]
+        for name, b in list(module._buffers.items()):
+            if b is not None:
+                if id(b) not in memo:
+                    memo[id(b)] = torch.empty(b.shape, dtype=b.dtype, device=device)
+                module._buffers[name] = memo[id(b)]
+
+
+def _is_adapter_param(model: nn.Module) -> set[int]:
+    return {id(p) for m in model.modules() if isinstance(m, LoraLayer)
+            for p in (m.lora_A.weight, m.lora_B.weight)}
+
+
+def zero3_units(model: nn.Module) -> list[list[nn.Parameter]]:
+    """What ZeRO-3 gathers at once: each transformer block's parameters, and each other
+    module's own parameters (embeddings, heads, final norm)."""
+    blocks = [b for m in model.modules() if isinstance(m, nn.ModuleList) for b in m]
+    units = [list(b.parameters()) for b in blocks]
+    inside = {id(p) for u in units for p in u}
+    for m in model.modules():
+        own = [p for p in m.parameters(recurse=False) if id(p) not in inside]
+        inside.update(id(p) for p in own)
+        if own:
+            units.append(own)
+    return units
+
+
+def _frozen_base_bytes(params, adapters: set[int]) -> int:
+    unique = {id(p): p for p in params if id(p) not in adapters and not p.requires_grad}
+    return sum(p.numel() * p.element_size() for p in unique.values())
+
+
+def simulate_step(model: nn.Module, make_batch: Callable[[str], dict], *,
+                  loss_fn: Callable = lambda out: out.loss, device: str = "cpu", block: int = 512,
+                  zero_shards: int = 1, optimizer: bool = True) -> StepMemory:
+    """Simulate one training step of `model` (on the meta device, adapters already injected).
+
+    make_batch(device) -> keyword inputs; loss_fn(output) -> scalar loss. zero_shards > 1:
+    frozen base weights are sharded over that many GPUs and one gathered unit (the largest
+    block) is in flight; adapters, gradients and optimizer states stay whole (paper §3.2).
+    The model is consumed (its parameters become fake tensors).
+    """
+    adapters = _is_adapter_param(model)
+    inflight = 0
+    if zero_shards > 1:  # measured on meta, before fake-ification; a unit's own shard is already counted
+        inflight = max((_frozen_base_bytes(u, adapters) for u in zero3_units(model)), default=0)
+        inflight -= inflight // zero_shards
+    with FakeTensorMode(), _masks_as_on_real_tensors():
+        _fakeify(model, device)
+        tracker = LiveMemory(block=block)
+        with tracker:
+            seen = set()
+            for p in list(model.parameters()) + list(model.buffers()):
+                if id(p) in seen:
+                    continue
+                seen.add(id(p))
+                nbytes = p.untyped_storage().nbytes()
+                if zero_shards > 1 and isinstance(p, nn.Parameter) and not p.requires_grad and id(p) not in adapters:
+                    nbytes = -(-nbytes // zero_shards)
+                tracker.track(p, "weights", nbytes)
+            tracker.reserve(inflight, "weights")
+            weight_storages = WeakIdKeyDictionary({p.untyped_storage(): True for p in model.parameters()})
+            for b in model.buffers():
+                weight_storages[b.untyped_storage()] = True
+
+            trainable = [p for p in model.parameters() if p.requires_grad]
+            tracker.phase = "optimizer_states"
+            opt = MixedPrecisionAdamW(trainable) if optimizer else None
+            for p in trainable:
+                p.register_post_accumulate_grad_hook(lambda q: tracker.recategorize(q.grad, "gradients"))
+
+            tracker.phase = "activations"
+            saved = WeakIdKeyDictionary()
+
+            def pack(t):
+                st = t.untyped_storage()
+                if st not in weight_storages:
+                    saved[st] = st.nbytes()
+                return t
+
+            model.train()
+            batch = make_batch(device)
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                out = model(**batch)
+                loss = loss_fn(out)
+            activation_bytes = sum(saved.values())
+
+            tracker.phase = "other"  # backward's temporaries; gradients are moved by their hooks
+            loss.backward()
+            del out, loss, batch
+            if opt is not None:
+                opt.step()
+            persistent = {k: tracker.by_category[k] for k in ("weights", "gradients", "optimizer_states")}
+        return StepMemory(peak_bytes=tracker.peak, peak_breakdown=dict(tracker.peak_breakdown),
+                          activation_bytes=activation_bytes, persistent=persistent)

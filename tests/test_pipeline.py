@@ -1,0 +1,171 @@
+"""End to end: Hydra config -> plain spec -> tiny model + adapters + real data -> Trainer -> run record."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from lorafa.results import load_records
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "experiments"))
+import run as run_cli  # noqa: E402
+
+# Small enough for seconds on 2 cores, real enough to learn: one block, width 32.
+TINY = {
+    "tiny-roberta": ["model.arch.hidden_size=32", "model.arch.num_hidden_layers=1", "model.arch.intermediate_size=64"],
+    "tiny-t5": ["model.arch.d_model=32", "model.arch.d_kv=8", "model.arch.d_ff=64", "model.arch.num_layers=1",
+                "model.arch.num_decoder_layers=1"],
+    "tiny-llama": ["model.arch.hidden_size=32", "model.arch.intermediate_size=64", "model.arch.num_hidden_layers=1",
+                   "model.arch.num_attention_heads=4", "model.arch.num_key_value_heads=4"],
+}
+FAST = ["trainer.max_steps=6", "trainer.batch_size=8", "trainer.eval_batch_size=16", "trainer.logging_steps=2",
+        "data.max_train_samples=48", "data.max_eval_samples=24", "data.max_length=48", "logger=none"]
+
+
+def spec_for(tmp_path, overrides: list[str]):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose("config", overrides=["scale=mini", f"results_dir={tmp_path}", *overrides])
+    return run_cli.to_spec(cfg), cfg
+
+
+def run_tiny(tmp_path, task: str, model: str, method: str = "lora_fa", extra=()):
+    spec, _ = spec_for(tmp_path, [f"task={task}", f"model={model}", f"method={method}", *TINY[model], *FAST, *extra])
+    from lorafa.experiment import run
+    return run(spec)
+
+
+def check_common(rec, task, method):
+    assert rec.status == "ok", rec.error
+    assert rec.task == task and rec.method == method and rec.scale == "mini"
+    assert rec.trainable_params > 0 and rec.peak_memory_bytes > rec.activation_bytes > 0
+    assert rec.memory_source == "cpu-accounting" and set(rec.memory_breakdown) == {
+        "weights", "gradients", "optimizer_states", "activations", "other"}
+    assert rec.step_time_s > 0 and rec.tokens_per_s > 0 and rec.wall_s > 0
+    assert rec.config_hash and rec.git_commit is not None and rec.started_at <= rec.finished_at
+
+
+def test_glue_classification_mrpc(tmp_path):
+    rec = run_tiny(tmp_path, "glue/mrpc", "tiny-roberta", extra=["trainer.eval_steps=3"])
+    check_common(rec, "glue/mrpc", "lora_fa")
+    assert 0 <= rec.metrics["accuracy"] <= 1 and 0 <= rec.metrics["f1"] <= 1
+    assert [h["step"] for h in rec.eval_history][:2] == [3, 6]  # periodic evaluation for Figure 4
+    stored = json.loads((tmp_path / "runs" / rec.run_id / "record.json").read_text())
+    assert stored["metrics"]["accuracy"] == rec.metrics["accuracy"]
+    assert len(load_records(tmp_path)) == 1
+
+
+def test_glue_regression_stsb(tmp_path):
+    rec = run_tiny(tmp_path, "glue/stsb", "tiny-roberta", method="lora")
+    check_common(rec, "glue/stsb", "lora")
+    assert -1 <= rec.metrics["pearson"] <= 1 and -1 <= rec.metrics["spearman"] <= 1
+
+
+def test_translation_wmt16(tmp_path):
+    rec = run_tiny(tmp_path, "wmt16_en_ro", "tiny-t5", extra=["trainer.max_new_tokens=8", "data.max_eval_samples=8", "data.eval_splits=[validation]"])
+    check_common(rec, "wmt16_en_ro", "lora_fa")
+    assert 0 <= rec.metrics["bleu"] <= 100 and 0 <= rec.metrics["rougeL"] <= 100
+
+
+def test_instruction_tuning_then_mmlu(tmp_path):
+    rec = run_tiny(tmp_path, "alpaca", "tiny-llama", method="full_ft",
+                   extra=["data.mmlu_subjects=[anatomy,astronomy]", "data.mmlu_max_examples=4",
+                          "data.max_length=256"])
+    check_common(rec, "alpaca", "full_ft")
+    assert 0 <= rec.metrics["mmlu_accuracy"] <= 1
+    assert set(k for k in rec.metrics if k.startswith("mmlu/")) == {"mmlu/anatomy", "mmlu/astronomy"}
+    assert rec.metrics["mmlu_accuracy"] == pytest.approx(
+        (rec.metrics["mmlu/anatomy"] + rec.metrics["mmlu/astronomy"]) / 2)  # 4 questions each
+
+
+def test_prompt_tuning_method(tmp_path):
+    rec = run_tiny(tmp_path, "glue/rte", "tiny-roberta", method="prompt_tuning")
+    check_common(rec, "glue/rte", "prompt_tuning")
+    assert rec.trainable_params < 20_000  # virtual tokens + classifier head only
+
+
+def test_wandb_offline_summary_matches_the_record(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    rec = run_tiny(tmp_path, "glue/mrpc", "tiny-roberta", extra=["logger=wandb"])
+    logs = list(tmp_path.glob("wandb/offline-run-*/*.wandb"))
+    assert len(logs) == 1
+    summary = read_wandb_summary(logs[0])
+    for key in ("accuracy", "f1", "eval_loss"):
+        assert summary[key] == pytest.approx(rec.metrics[key])
+    assert summary["peak_memory_bytes"] == rec.peak_memory_bytes and summary["status"] == "ok"
+
+
+def read_wandb_summary(path: Path) -> dict:
+    """The run summary stored in an offline .wandb file (this wandb writes no wandb-summary.json
+    offline): LevelDB-log framing, 32 KiB blocks of 7-byte-headed chunks, each record a protobuf."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B"
+    pos, block, summary, pending = 7, 32768, {}, b""
+    while pos + 7 <= len(data):
+        if block - pos % block < 7:  # no room for a header: the rest of the block is padding
+            pos += block - pos % block
+            continue
+        length, kind = struct.unpack("<HB", data[pos + 4:pos + 7])
+        if length == 0 and kind == 0:
+            break
+        pending += data[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):  # FULL or LAST chunk: a whole record
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            pending = b""
+            if record.WhichOneof("record_type") == "summary":
+                for item in record.summary.update:
+                    summary[item.key or "/".join(item.nested_key)] = json.loads(item.value_json)
+    return summary
+
+
+def test_bad_config_values_fail_before_any_model_is_built(tmp_path):
+    with pytest.raises(ValueError, match="AdapterConfig.r=0"):
+        spec_for(tmp_path, ["method.adapter.r=0"])
+    with pytest.raises(ValueError, match=r"trainer.lr=-1.0 is invalid"):
+        spec_for(tmp_path, ["trainer.lr=-1.0"])
+    with pytest.raises(ValueError, match="needs a model of family: seq2seq"):
+        spec_for(tmp_path, ["task=wmt16_en_ro", "model=tiny-roberta"])
+    with pytest.raises(ValueError, match="evaluation only"):
+        spec_for(tmp_path, ["task=mmlu"])
+
+
+def cli(tmp_path, *args):
+    env = dict(os.environ, LORAFA_RESULTS_DIR=str(tmp_path), HF_HUB_OFFLINE="1")
+    return subprocess.run([sys.executable, str(ROOT / "experiments" / "run.py"), *args], cwd=tmp_path,
+                          capture_output=True, text=True, env=env, timeout=600)
+
+
+@pytest.mark.parametrize("override,listed", [("task=glue/nope", "glue/mrpc"), ("method=dora", "lora_fa"),
+                                              ("model=gpt-9", "tiny-llama")])
+def test_unknown_names_list_the_available_ones(tmp_path, override, listed):
+    out = cli(tmp_path, override, "scale=mini")
+    assert out.returncode != 0
+    assert out.returncode == 2 and "config error" in out.stderr and listed in out.stderr
+    assert not (tmp_path / "mini" / "runs.jsonl").exists()
+
+
+def test_rerunning_a_finished_multirun_trains_nothing(tmp_path):
+    args = ["-m", "task=glue/mrpc", "model=tiny-roberta", *TINY["tiny-roberta"], *FAST, "scale=mini",
+            "trainer.max_steps=2", "trainer.lr=1e-3,2e-3"]
+    first = cli(tmp_path, *args)
+    assert first.returncode == 0, first.stderr[-2000:]
+    records = load_records(tmp_path / "mini")
+    assert len(records) == 2 and set(records["lr"]) == {1e-3, 2e-3}
+    second = cli(tmp_path, *args)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert second.stdout.count("skip: finished run") == 2
+    assert len((tmp_path / "mini" / "runs.jsonl").read_text().splitlines()) == 2
