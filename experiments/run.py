@@ -55,7 +55,7 @@ def _model_config(cfg: DictConfig) -> dict:
         chosen = OmegaConf.to_container(cfg.model, resolve=True)
         name = chosen["name"]
     else:
-        name, chosen = cfg.task.model, None
+        name, chosen = cfg.get("model_name") or cfg.task.model, None
     mapped = cfg.scale.models.get(name, name)
     if chosen is None or mapped != name:
         path = CONF / "model" / f"{mapped}.yaml"
@@ -77,6 +77,8 @@ def to_spec(cfg: DictConfig) -> RunSpec:
 
     c = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     model = _model_config(cfg)
+    if c.get("model_dtype"):
+        model["dtype"] = c["model_dtype"]
     model_fields = {f.name for f in dataclasses.fields(ModelSpec)}
     method = c["method"]
     adapter = AdapterConfig(**method["adapter"]) if method.get("adapter") else None

@@ -25,9 +25,9 @@ from lorafa.models import ModelSpec, check_compatible, load_model, load_tokenize
 from lorafa.paths import REPO_ROOT
 from lorafa.results import RunRecord, config_hash, find_finished, write_record
 from lorafa.tasks import TaskSpec, get_task
-from lorafa.training import TrainSettings, train_and_evaluate
+from lorafa.training import TrainOutcome, TrainSettings, train_and_evaluate
 
-METHOD_KINDS = ("adapter", "full_ft", "prompt_tuning")
+METHOD_KINDS = ("adapter", "full_ft", "prompt_tuning", "none")  # none: evaluate the base model only
 LOGGERS = ("none", "wandb")
 
 
@@ -90,8 +90,9 @@ class RunSpec:
     def validate(self) -> TaskSpec:
         """Every field checked before any model is built; returns the task's spec."""
         task = get_task(self.task)
-        if task.family == "mmlu":
-            raise ValueError("task='mmlu' is evaluation only; train on task=alpaca or task=flanv2 "
+        if (task.family == "mmlu") != (self.method.kind == "none"):
+            raise ValueError("task='mmlu' is evaluation only and goes with method=base (the base model's "
+                             "5-shot score, Table 4); to fine-tune, use task=alpaca or task=flanv2 "
                              "(MMLU 5-shot runs after training)")
         self.model.validate()
         self.method.validate()
@@ -136,6 +137,8 @@ def build_data(spec: RunSpec, task: TaskSpec, tokenizer):
     from lorafa.tasks import load_split
 
     data, seed = spec.data, spec.trainer.seed
+    if task.family == "mmlu":
+        return None, {}, None, None, _mmlu_eval(spec, tokenizer)
     train = load_split(task.name, data.train_split or task.train_split, data.dir)
     if data.eval_from_train:
         from lorafa.tasks.common import train_eval_split
@@ -162,7 +165,19 @@ def build_data(spec: RunSpec, task: TaskSpec, tokenizer):
                 translation_compute_metrics(tokenizer), None)
     # instruction tuning: no eval set during training; MMLU k-shot afterwards
     from lorafa.tasks.instruct import tokenize_instruction
+
+    final_eval = _mmlu_eval(spec, tokenizer)
+    train = tokenize_instruction(train, tokenizer, data.max_length)
+    if len(train) == 0:
+        raise ValueError(f"data.max_length={data.max_length} leaves no {task.name} example with a response token; "
+                         f"raise it")
+    return train, {}, DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, padding=True), None, final_eval
+
+
+def _mmlu_eval(spec: RunSpec, tokenizer):
     from lorafa.tasks.mmlu import evaluate_mmlu
+
+    data = spec.data
 
     def final_eval(model) -> dict:
         model.eval()
@@ -173,11 +188,7 @@ def build_data(spec: RunSpec, task: TaskSpec, tokenizer):
         out.update({f"mmlu/{s}": acc for s, acc in result["per_subject"].items()})
         return out
 
-    train = tokenize_instruction(train, tokenizer, data.max_length)
-    if len(train) == 0:
-        raise ValueError(f"data.max_length={data.max_length} leaves no {task.name} example with a response token; "
-                         f"raise it")
-    return train, {}, DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, padding=True), None, final_eval
+    return final_eval
 
 
 # ----------------------------------------------------------------------------- model
@@ -190,6 +201,8 @@ def build_model(spec: RunSpec, task: TaskSpec):
         add_adapters(model, method.adapter)
     elif method.kind == "full_ft":
         add_adapters(model, AdapterConfig(method="full_ft"))
+    elif method.kind == "none":
+        model.requires_grad_(False)
     else:  # prompt tuning (Table 2's "PT" rows) comes from PEFT
         from peft import PromptTuningConfig, TaskType, get_peft_model
         model = get_peft_model(model, PromptTuningConfig(task_type=TaskType.SEQ_CLS,
@@ -240,15 +253,12 @@ def run(spec: RunSpec, force: bool = False) -> RunRecord:
     torch.manual_seed(spec.trainer.seed)
     model, tokenizer = build_model(spec, task)
     train, evals, collator, compute_metrics, final_eval = build_data(spec, task, tokenizer)
-    if spec.logger == "wandb":
-        os.environ.setdefault("WANDB_MODE", "offline")
-        os.environ.setdefault("WANDB_PROJECT", spec.wandb_project)
-        os.environ.setdefault("WANDB_DIR", str(root))
-        spec.trainer.report_to = ["wandb"]
-    with tempfile.TemporaryDirectory(prefix="lorafa-run-") as tmp:
-        outcome = train_and_evaluate(model, tokenizer, spec.trainer, train, evals, collator, compute_metrics,
-                                     output_dir=tmp, run_name=run_id, seq2seq=task.family == "seq2seq",
-                                     final_eval=final_eval)
+    if train is None:  # evaluation only (the base model on MMLU)
+        outcome = TrainOutcome(status="ok", metrics=final_eval(model), eval_history=[], step_time_s=None,
+                               tokens_per_s=None, peak_memory_bytes=None, memory_source=None,
+                               activation_bytes=None, memory_breakdown=None)
+    else:
+        outcome = _train(spec, task, run_id, model, tokenizer, train, evals, collator, compute_metrics, final_eval)
     adapter = spec.method.adapter
     record = RunRecord(
         run_id=run_id, config_hash=digest, experiment=spec.experiment, scale=spec.scale, model=spec.model.name,
@@ -269,6 +279,19 @@ def run(spec: RunSpec, force: bool = False) -> RunRecord:
         _log_summary_to_wandb(record)
     print(f"[lorafa] {record.status}: {record.run_id}\n[lorafa] record: {path}")
     return record
+
+
+def _train(spec: RunSpec, task: TaskSpec, run_id: str, model, tokenizer, train, evals, collator, compute_metrics,
+           final_eval) -> TrainOutcome:
+    if spec.logger == "wandb":  # Trainer's W&B integration; offline unless the user chose otherwise
+        os.environ.setdefault("WANDB_MODE", "offline")
+        os.environ.setdefault("WANDB_PROJECT", spec.wandb_project)
+        os.environ.setdefault("WANDB_DIR", spec.results_root)
+        spec.trainer.report_to = ["wandb"]
+    with tempfile.TemporaryDirectory(prefix="lorafa-run-") as tmp:
+        return train_and_evaluate(model, tokenizer, spec.trainer, train, evals, collator, compute_metrics,
+                                  output_dir=tmp, run_name=run_id, seq2seq=task.family == "seq2seq",
+                                  final_eval=final_eval)
 
 
 def _log_summary_to_wandb(record: RunRecord) -> None:

@@ -8,6 +8,9 @@ seconds on a laptop CPU.
 
 The fake device is "cpu": this torch build cannot fake CUDA tensors without CUDA, and the
 CPU kernels keep the same tensors for backward as CUDA's (sdpa: output + logsumexp).
+Known gap: with attention dropout > 0 (RoBERTa, T5 in training) CPU sdpa falls back to the
+math kernel, which keeps the attention matrix, where CUDA's flash kernel would not; so
+simulated sdpa peaks of those models are too high (eager ones are unaffected).
 """
 
 from __future__ import annotations
