@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-import pytest
-import torch
+import os
+
+# Tests never reach the hub or W&B's servers (CI has no network beyond package registries).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 from transformers import (GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, RobertaConfig,
                           RobertaForSequenceClassification, T5Config, T5ForConditionalGeneration)
 
-from lorafa.paths import data_dir
+from lorafa.paths import data_dir  # noqa: E402
 
 
 def tiny_roberta(num_labels: int = 2, seed: int = 0) -> RobertaForSequenceClassification:

@@ -1,0 +1,59 @@
+"""Every experiment config composes, sweeps the paper's grid and validates before any model is built."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "experiments"))
+import run as run_cli  # noqa: E402
+
+EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
+PAPER_LRS = [5e-5, 6e-5, 7e-5, 8e-5, 9e-5] + [i * 1e-4 for i in range(1, 10)] + [i * 1e-3 for i in range(1, 6)]
+
+
+def compose_experiment(name: str, *overrides: str, hydra: bool = False):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose("config", overrides=[f"experiment={name}", *overrides], return_hydra_config=hydra)
+
+
+def sweep(cfg) -> dict[str, list[str]]:
+    params = cfg.hydra.sweeper.get("params") or {}
+    return {k: str(v).split(",") for k, v in params.items()}
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_each_point_of_each_sweep_validates(name, tmp_path):
+    cfg = compose_experiment(name, hydra=True)
+    grid = sweep(cfg)
+    first = [f"{k}={v[0]}" for k, v in grid.items()]
+    last = [f"{k}={v[-1]}" for k, v in grid.items()]
+    for point in (first, last):
+        spec = run_cli.to_spec(compose_experiment(name, f"results_dir={tmp_path}", *point))
+        assert spec.experiment == cfg.experiment_name
+
+
+def test_table2_sweeps_the_papers_grid():
+    cfg = compose_experiment("table2", hydra=True)
+    grid = sweep(cfg)
+    assert [float(x) for x in grid["trainer.lr"]] == pytest.approx(PAPER_LRS)
+    assert len(grid["task"]) == 8 and set(grid["method"]) == {"full_ft", "prompt_tuning", "lora", "lora_fa"}
+    assert grid["seed"] == ["0", "1", "2"] and cfg.trainer.batch_size == 64 and cfg.rank == 8
+    assert compose_experiment("table2_large").trainer.batch_size == 32
+
+
+def test_table7_and_fig6_grids():
+    assert sweep(compose_experiment("table7", hydra=True))["lora_alpha"] == ["1", "2", "4", "8", "16", "32", "64", "128"]
+    grid = sweep(compose_experiment("fig6", hydra=True))
+    assert grid["rank"] == ["1", "2", "4", "8", "16", "32", "64", "128"] and set(grid["method"]) == {"lora", "lora_fa"}
+
+
+def test_alpha_follows_rank_unless_swept():
+    cfg = compose_experiment("fig6", "rank=16", "method=lora_fa")
+    assert cfg.method.adapter.r == 16 and cfg.method.adapter.alpha == 64
+    cfg = compose_experiment("table7", "lora_alpha=2")
+    assert cfg.method.adapter.r == 8 and cfg.method.adapter.alpha == 2
