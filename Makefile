@@ -1,17 +1,24 @@
 # Every target creates .venv from requirements.txt first if needed.
+#   make demo                 the paper in miniature (CPU, offline)
+#   make test                 the test suite
+#   make table2 [SCALE=mini]  run the missing runs of Table 2's sweep, then build the table
+#   make tables / figures     rebuild every table / figure from results/$(SCALE) (no training)
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # torch's CPU wheel lies on the build machines' disk; elsewhere pip uses the index.
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 SCALE ?= paper
+EXP := $(if $(filter mini,$(SCALE)),mini/,)
+RUN := $(PY) experiments/run.py -m
+MEMORY := $(PY) experiments/memory.py -m backend=$(if $(filter mini,$(SCALE)),simulate,$(or $(BACKEND),simulate))
+RESULTS := $(or $(LORAFA_RESULTS_DIR),results)/$(SCALE)
 
-.PHONY: help venv test bench-layer clean-venv
+.PHONY: help venv test demo bench-layer base-models tables figures clean-venv \
+        table2 table3 table4 table5 table6 table7 fig2 fig3 fig4 fig5 fig6
 
 help:
-	@echo "make demo         reproduce the paper in miniature (CPU, offline)"
-	@echo "make test         run the test suite"
-	@echo "make bench-layer  saved activations and step time of one adapted linear -> results/bench/layer.csv"
+	@sed -n '2,6p' Makefile
 
 $(VENV)/.installed: requirements.txt
 	python3 -m venv $(VENV)
@@ -21,10 +28,54 @@ $(VENV)/.installed: requirements.txt
 venv: $(VENV)/.installed
 
 test: venv
-	$(PY) -m pytest -q tests
+	HF_HUB_OFFLINE=1 WANDB_MODE=offline $(PY) -m pytest -q tests
+
+demo: venv
+	HF_HUB_OFFLINE=1 WANDB_MODE=offline $(PY) experiments/demo.py
 
 bench-layer: venv
 	$(PY) benchmarks/bench_layer.py
+
+base-models: venv
+	$(PY) experiments/train_tokenizer.py
+	$(PY) experiments/pretrain_tiny.py --model all
+
+tables: venv
+	$(PY) -m analysis.tables --scale $(SCALE)
+
+figures: venv
+	$(PY) -m analysis.figures --scale $(SCALE)
+
+# Paper scale runs the paper's models (hub or model.path) and needs GPUs; SCALE=mini runs
+# the miniature sweeps of conf/experiment/mini/. Finished runs are skipped.
+table2: venv
+	$(RUN) experiment=$(EXP)table2
+	$(if $(EXP),,$(RUN) experiment=table2_large)
+	$(PY) -m analysis.tables --scale $(SCALE) --only table2
+table3: venv
+	$(RUN) experiment=$(EXP)table3
+	$(if $(EXP),,$(RUN) experiment=table3_base && $(RUN) experiment=table3_large)
+	$(PY) -m analysis.tables --scale $(SCALE) --only table3
+table4: venv
+	$(RUN) experiment=$(EXP)table4_base
+	$(RUN) experiment=$(EXP)table4
+	$(PY) -m analysis.tables --scale $(SCALE) --only table4
+table6 table7: venv
+	$(RUN) experiment=$(EXP)$@
+	$(PY) -m analysis.tables --scale $(SCALE) --only $@
+fig4 fig6: venv
+	$(RUN) experiment=$(EXP)$@
+	$(PY) -m analysis.figures --scale $(SCALE) --only $@
+# Memory: simulated (BACKEND=simulate, any machine) or measured (BACKEND=cuda, a GPU).
+table5: venv
+	$(MEMORY) experiment=table5 results_dir=$(RESULTS)
+	$(PY) -m analysis.tables --scale $(SCALE) --only table5
+fig2: venv
+	$(MEMORY) experiment=fig2a,fig2b,fig2c results_dir=$(RESULTS)
+	$(PY) -m analysis.figures --scale $(SCALE) --only fig2a --only fig2b --only fig2c
+fig3 fig5: venv
+	$(MEMORY) experiment=$@ results_dir=$(RESULTS)
+	$(PY) -m analysis.figures --scale $(SCALE) --only $@
 
 clean-venv:
 	rm -rf $(VENV)

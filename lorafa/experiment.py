@@ -96,7 +96,8 @@ class RunSpec:
                              "(MMLU 5-shot runs after training)")
         self.model.validate()
         self.method.validate()
-        self.trainer.validate()
+        if self.method.kind != "none":  # nothing trains, so no training settings apply
+            self.trainer.validate()
         self.data.validate()
         check_compatible(self.model, task.family, task.name)
         if self.method.kind == "prompt_tuning" and task.family not in ("classification", "regression"):
@@ -250,30 +251,39 @@ def run(spec: RunSpec, force: bool = False) -> RunRecord:
         return done
     run_id = spec.run_id(digest)
     started, t0 = _now(), time.perf_counter()
-    torch.manual_seed(spec.trainer.seed)
-    model, tokenizer = build_model(spec, task)
-    train, evals, collator, compute_metrics, final_eval = build_data(spec, task, tokenizer)
-    if train is None:  # evaluation only (the base model on MMLU)
-        outcome = TrainOutcome(status="ok", metrics=final_eval(model), eval_history=[], step_time_s=None,
-                               tokens_per_s=None, peak_memory_bytes=None, memory_source=None,
-                               activation_bytes=None, memory_breakdown=None)
-    else:
-        outcome = _train(spec, task, run_id, model, tokenizer, train, evals, collator, compute_metrics, final_eval)
     adapter = spec.method.adapter
-    record = RunRecord(
+    common = dict(
         run_id=run_id, config_hash=digest, experiment=spec.experiment, scale=spec.scale, model=spec.model.name,
         task=spec.task, method=spec.method.name, r=adapter.r if adapter else None,
         alpha=adapter.alpha if adapter else None, lr=spec.trainer.lr, init_a=adapter.init_a if adapter else None,
         seed=spec.trainer.seed, batch_size=spec.trainer.batch_size, seq_len=spec.data.max_length,
-        status=outcome.status, metrics=outcome.metrics, eval_history=outcome.eval_history,
-        trainable_params=count_trainable(model), peak_memory_bytes=outcome.peak_memory_bytes,
-        memory_source=outcome.memory_source, activation_bytes=outcome.activation_bytes,
-        memory_breakdown=outcome.memory_breakdown, step_time_s=outcome.step_time_s,
-        tokens_per_s=outcome.tokens_per_s, wall_s=round(time.perf_counter() - t0, 3),
         options={"dropout": adapter.dropout if adapter else None, "precision": spec.trainer.precision,
                  "model_dtype": spec.model.dtype, "attn_implementation": spec.model.attn_implementation,
                  "gradient_checkpointing": spec.trainer.gradient_checkpointing},
-        error=outcome.error, git_commit=_git_commit(), device=_device(), started_at=started, finished_at=_now())
+        git_commit=_git_commit(), device=_device(), started_at=started)
+    try:
+        torch.manual_seed(spec.trainer.seed)
+        model, tokenizer = build_model(spec, task)
+        train, evals, collator, compute_metrics, final_eval = build_data(spec, task, tokenizer)
+        if train is None:  # evaluation only (the base model on MMLU)
+            outcome = TrainOutcome(status="ok", metrics=final_eval(model), eval_history=[], step_time_s=None,
+                                   tokens_per_s=None, peak_memory_bytes=None, memory_source=None,
+                                   activation_bytes=None, memory_breakdown=None)
+        else:
+            outcome = _train(spec, task, run_id, model, tokenizer, train, evals, collator, compute_metrics,
+                             final_eval)
+    except Exception as err:
+        # The failure is recorded (the analysis shows why a cell is empty) and a rerun retries it.
+        write_record(RunRecord(**common, status="failed", error=f"{type(err).__name__}: {err}".splitlines()[0],
+                               wall_s=round(time.perf_counter() - t0, 3), finished_at=_now()), root)
+        raise
+    record = RunRecord(
+        **common, status=outcome.status, metrics=outcome.metrics, eval_history=outcome.eval_history,
+        trainable_params=count_trainable(model), peak_memory_bytes=outcome.peak_memory_bytes,
+        memory_source=outcome.memory_source, activation_bytes=outcome.activation_bytes,
+        memory_breakdown=outcome.memory_breakdown, step_time_s=outcome.step_time_s,
+        tokens_per_s=outcome.tokens_per_s, wall_s=round(time.perf_counter() - t0, 3), error=outcome.error,
+        finished_at=_now())
     path = write_record(record, root)
     if spec.logger == "wandb":
         _log_summary_to_wandb(record)

@@ -169,3 +169,21 @@ def test_rerunning_a_finished_multirun_trains_nothing(tmp_path):
     assert second.returncode == 0, second.stderr[-2000:]
     assert second.stdout.count("skip: finished run") == 2
     assert len((tmp_path / "mini" / "runs.jsonl").read_text().splitlines()) == 2
+
+
+def test_a_crashing_run_leaves_a_failed_record_and_is_retried(tmp_path, monkeypatch):
+    import lorafa.experiment as experiment
+
+    spec, _ = spec_for(tmp_path, ["task=glue/rte", "model=tiny-roberta", *TINY["tiny-roberta"], *FAST])
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(experiment, "build_data", broken)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        experiment.run(spec)
+    records = load_records(tmp_path)
+    assert list(records["status"]) == ["failed"] and "disk on fire" in records["error"].iloc[0]
+    monkeypatch.undo()
+    assert experiment.run(spec).status == "ok"  # a failed record does not count as finished
+    assert list(load_records(tmp_path)["status"]) == ["ok"]  # the last record per run wins
