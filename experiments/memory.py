@@ -1,125 +1,267 @@
-"""Paper-scale memory by simulation: Table 5 and Figures 2a, 2b, 2c, 3 and 5.
+"""Paper-scale peak memory (Table 5, Figures 2a, 2b, 2c, 3, 5) from the Hydra config in conf/memory/.
 
-    python experiments/memory.py table5                 # one experiment
-    python experiments/memory.py all --out results/paper
-    python experiments/memory.py fig5 --backend cuda    # measure on a GPU instead
+    python experiments/memory.py model=llama-7b method=lora_fa batch_size=16 seq_len=1024 r=64
+    python experiments/memory.py -m experiment=table5 backend=simulate      # one sweep
+    python experiments/memory.py -m experiment=table5,fig2a,fig2b,fig2c,fig3,fig5   # all of them
+    python experiments/memory.py -m experiment=fig5 backend=cuda            # measured on a GPU
+    python experiments/memory.py --table [table5 fig3 ...]   # print the records as tables
+    python experiments/memory.py --report                    # results/paper/memory/*.md, *.csv
 
-Each point is one `measure_peak_memory` call and one run record (memory_source "simulated"
-or "cuda") under <out>/runs/. Points whose record already exists are not recomputed.
-The paper's baseline attention is eager (transformers' default for LLaMA in 2023; its
-Figures 2a and 5 add FlashAttention as an optimisation), so eager is the default here.
+Each point is one lorafa.memory.measure_peak_memory call and one run record (memory_source
+"simulated" or "cuda"; step_time_s too on cuda) in <results_dir>/runs.jsonl, with the
+experiment config's experiment_name (table5, fig2a, ...) as the record's `experiment`, which
+is what analysis/ reads. A point whose record exists (status ok, or a simulated oom) is reused
+unless force=true. Every job prints one line; a multirun ends with a table of its points.
+The whole config is validated and turned into a lorafa.memory.sweep.MemoryPoint before any
+model is built; the library never sees Hydra.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import hydra
+from omegaconf import DictConfig, OmegaConf
 
-from tqdm import tqdm  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
 
-from lorafa.memory.measure import A100_80GB, measure_peak_memory  # noqa: E402
+from lorafa.memory.sweep import MemoryPoint, run_point  # noqa: E402
 from lorafa.paths import results_dir  # noqa: E402
-from lorafa.results import config_hash, find_finished, write_record  # noqa: E402
 
-GB = 10**9
-A100_40GB = 40 * GB
-METHODS = ("full_ft", "lora", "lora_fa")
+CONF = ROOT / "conf" / "memory"
+GROUPS = ("experiment", "optimisation")
+RUNNER_KEYS = ("experiment_name", "results_dir", "force")  # the rest of the config is the MemoryPoint
+IGNORED_KEYS = ("per_model",)  # table5's lookup table, already interpolated into the point's keys
+_DONE: list = []  # (record, reused) of every job of this process, for the closing table
 
-# Table 5: (conf/model name, paper label, batch size, sequence length, rank). Sequence lengths:
-# 128 for RoBERTa (Table 2) and T5 (source and target), 1024 for LLaMA (as in Figures 3 and 5).
-TABLE5 = (("roberta-base", "RoBERTa-base", 64, 128, 8), ("roberta-large", "RoBERTa-large", 64, 128, 8),
-          ("t5-small", "T5-small", 128, 128, 8), ("t5-base", "T5-base", 64, 128, 8),
-          ("t5-large", "T5-large", 32, 128, 16), ("llama-7b", "LLaMA-7B", 16, 1024, 64))
-BATCHES = (1, 2, 4, 8, 16, 32)
-
-
-def points(experiment: str, attn: str) -> list[dict]:
-    """Every measure_peak_memory call of one experiment, as keyword dicts (plus 'capacity_bytes')."""
-    llama2 = dict(model="llama2-7b", seq_len=1024, r=64, attn_implementation=attn)
-    if experiment == "table5":
-        return [dict(model=m, method=meth, batch_size=b, seq_len=s, r=r, attn_implementation=attn)
-                for m, _, b, s, r in TABLE5 for meth in METHODS]
-    if experiment == "fig2a":  # LoRA-FA alone and with FlashAttention, QLoRA (NF4) or ZeRO-3 over 8 GPUs
-        variants = (dict(), dict(attn_implementation="sdpa"), dict(quantization="nf4"), dict(zero_shards=8))
-        return [{**llama2, "method": "lora_fa", "batch_size": b, **v} for v in variants for b in BATCHES]
-    if experiment == "fig2b":  # number of adapted linear layers (of 224), batch 8, on an A100 40GB
-        return [{**llama2, "method": meth, "batch_size": 8, "num_adapted_layers": n, "capacity_bytes": A100_40GB}
-                for meth in ("lora", "lora_fa") for n in (28, 56, 84, 112, 140, 168, 196, 224)]
-    if experiment == "fig2c":  # rank 1..128, LLaMA-7B, batch 32, source/target length 128
-        return [dict(model="llama-7b", method=meth, batch_size=32, seq_len=128, r=r, attn_implementation=attn)
-                for meth in ("lora", "lora_fa") for r in (1, 2, 4, 8, 16, 32, 64, 128)]
-    if experiment == "fig3":  # the breakdown at batch 16
-        return [{**llama2, "method": meth, "batch_size": 16} for meth in ("lora", "lora_fa")]
-    if experiment == "fig5":  # LoRA, LoRA-FA, LoRA-FA + FlashAttention over batch size
-        return [{**llama2, "method": meth, "batch_size": b, **v}
-                for meth, v in (("lora", {}), ("lora_fa", {}), ("lora_fa", {"attn_implementation": "sdpa"}))
-                for b in BATCHES]
-    raise ValueError(f"experiment={experiment!r} is invalid; allowed: {', '.join(EXPERIMENTS)}, all")
+# The commands that produce results/<scale>/memory/*; written at the top of each file.
+REPORT_COMMANDS = {
+    "table5": ["python experiments/memory.py -m experiment=table5 backend=simulate",
+               "python experiments/memory.py --report"],
+    "llama_dropout": ["python experiments/memory.py -m experiment=llama_dropout backend=simulate",
+                      "python experiments/memory.py --report"],
+}
 
 
-EXPERIMENTS = ("table5", "fig2a", "fig2b", "fig2c", "fig3", "fig5")
+def _names(group: str) -> list[str]:
+    folder = CONF / group
+    return sorted(str(p.relative_to(folder).with_suffix("")) for p in folder.rglob("*.yaml"))
 
 
-def run_point(point: dict, experiment: str, out: Path, backend: str, scale: str = "paper", force: bool = False):
-    """Measure one point and write its record; reuse a finished record with the same config."""
-    kwargs = {"capacity_bytes": A100_80GB, **point}
-    digest = config_hash({"experiment": experiment, "backend": backend, **kwargs})
-    if not force:
-        done = find_finished(out, digest)
-        if done is not None:
-            return done
-    res = measure_peak_memory(backend=backend, **kwargs)
-    name = "-".join(str(v) for v in (experiment, point["model"], point["method"], f"b{point['batch_size']}",
-                                    f"s{point['seq_len']}", f"r{point.get('r', 8)}", digest))
-    record = res.to_record(run_id=name, experiment=f"memory/{experiment}", scale=scale, config_hash=digest,
-                           device="simulated (fake tensors)" if backend == "simulate" else "cuda")
-    # A record's status is always written; a simulated OOM is a result, not a failure.
-    write_record(record, out)
-    return record
+def check_group_choices(argv: list[str]) -> None:
+    """Unknown config-group names fail here with every available name listed."""
+    for arg in argv:
+        group, sep, value = arg.lstrip("+").partition("=")
+        if not sep or group not in GROUPS or "(" in value or value in ("null", ""):
+            continue
+        names = _names(group)
+        for choice in value.split(","):
+            if choice not in names:
+                raise ValueError(f"{group}={choice!r} is unknown; available: {', '.join(names)}")
 
 
-def table5_markdown(records: dict) -> str:
-    from analysis.paper_values import TABLE5 as PAPER
-
-    rows = ["| Model | Method | Rank | batch | seq | Simulated (GB) | Paper (GB) |", "|---|---|---|---|---|---|---|"]
-    for m, label, b, s, r in TABLE5:
-        for meth in METHODS:
-            rec = records.get((m, meth))
-            sim = "-" if rec is None else f"{rec.peak_memory_bytes / GB:.1f}" + (" (OOM)" if rec.status == "oom" else "")
-            paper = PAPER[(label, meth)][1]
-            rows.append(f"| {label} | {meth} | {'-' if meth == 'full_ft' else r} | {b} | {s} | {sim} | "
-                        f"{'OOM' if paper is None else paper} |")
-    return "\n".join(rows)
+def results_root(results: str | None, scale: str) -> Path:
+    return Path(results) if results else results_dir() / scale
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("experiment", choices=EXPERIMENTS + ("all",))
-    parser.add_argument("--out", type=Path, default=None, help="results root (default: results/paper)")
-    parser.add_argument("--backend", choices=("simulate", "cuda"), default="simulate")
-    parser.add_argument("--attn", choices=("eager", "sdpa"), default="eager",
-                        help="baseline attention implementation (default: eager, the paper's)")
-    parser.add_argument("--models", nargs="*", default=None, help="restrict to these conf/model names")
-    parser.add_argument("--force", action="store_true", help="recompute points that already have a record")
-    args = parser.parse_args(argv)
-    out = args.out or results_dir() / "paper"
-    experiments = EXPERIMENTS if args.experiment == "all" else (args.experiment,)
-    for exp in experiments:
-        todo = [p for p in points(exp, args.attn) if not args.models or p["model"] in args.models]
-        records = {}
-        for point in tqdm(todo, desc=exp, unit="point"):
-            rec = run_point(point, exp, out, args.backend, force=args.force)
-            records[(point["model"], point["method"])] = rec
-            tqdm.write(f"{exp}: {point['model']} {point['method']} b={point['batch_size']} "
-                       f"{ {k: v for k, v in point.items() if k not in ('model', 'method', 'batch_size')} } "
-                       f"-> {rec.peak_memory_bytes / GB:.2f} GB ({rec.status})")
+def to_point(cfg: DictConfig) -> tuple[MemoryPoint, Path, bool]:
+    """The Hydra config as (MemoryPoint, results root, force), every field checked."""
+    c = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    c.pop("hydra", None)
+    runner = {k: c.pop(k) for k in RUNNER_KEYS if k in c}
+    for key in IGNORED_KEYS:
+        c.pop(key, None)
+    point = MemoryPoint.from_dict(c, experiment=runner.get("experiment_name") or "memory")
+    return point, results_root(runner.get("results_dir"), point.scale), bool(runner.get("force"))
+
+
+def _line(record, reused: bool) -> str:
+    from lorafa.memory.report import gib, options_label
+
+    peak = gib(record.peak_memory_bytes)
+    step = f", step {record.step_time_s:.3f} s" if record.step_time_s else ""
+    return (f"[memory] {record.experiment}: {record.model} {record.method} b={record.batch_size} "
+            f"s={record.seq_len} r={record.r if record.r is not None else '-'} "
+            f"({options_label(record.options, record.method)}) -> "
+            f"{'-' if peak is None else f'{peak:.2f}'} GiB peak, {record.status}, {record.memory_source}{step}"
+            f"{' (reused)' if reused else ''}")
+
+
+@hydra.main(version_base="1.3", config_path="../conf/memory", config_name="config")
+def main(cfg: DictConfig) -> None:
+    try:
+        point, root, force = to_point(cfg)
+    except (ValueError, TypeError) as err:
+        msg = str(err).splitlines()[0]
+        if "per_model" in msg:
+            msg += (f"; this experiment sets batch_size, seq_len, r and attention per model, for: "
+                    f"{', '.join(cfg.get('per_model') or {})} (or give all four on the command line)")
+        print(f"[lorafa] config error: {msg}", file=sys.stderr)
+        raise SystemExit(2) from None
+    try:
+        record, reused = run_point(point, root, force=force)
+    except ValueError as err:  # an invalid combination only measure_peak_memory can see
+        print(f"[lorafa] config error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    _DONE.append((record, reused))
+    print(_line(record, reused), flush=True)
+
+
+# ---- tables from the records (no Hydra) ------------------------------------------------------
+
+def _table5_cells() -> dict:
+    return OmegaConf.to_container(OmegaConf.load(CONF / "experiment" / "table5.yaml"))["per_model"]
+
+
+def _table5(records) -> tuple[list[dict], str]:
+    from analysis.common import MODEL_TO_PAPER
+    from analysis.paper_values import TABLE5
+    from lorafa.memory.report import table5_markdown, table5_rows
+
+    rows = table5_rows(records, _table5_cells(), TABLE5, MODEL_TO_PAPER)
+    return rows, table5_markdown(rows)
+
+
+def print_tables(records, experiments=None) -> None:
+    """A summary table per experiment; Table 5 also beside the paper's values."""
+    from lorafa.memory.report import summary_markdown
+
+    exps = list(dict.fromkeys(r["experiment"] for r in records)) if experiments is None else experiments
+    for exp in exps:
+        mine = [r for r in records if r["experiment"] == exp]
+        if not mine:
+            print(f"\n## {exp}: no records")
+            continue
+        print(f"\n## {exp} ({len(mine)} points; GiB = 2^30 bytes)\n")
+        print(summary_markdown(mine))
         if exp == "table5":
-            print(table5_markdown(records))
+            print("Table 5 beside the paper (the configured cells, conf/memory/experiment/table5.yaml):\n")
+            print(_table5(mine)[1])
+
+
+def _header(commands: list[str], notes: list[str]) -> str:
+    lines = ["Produced by (from the repository root):", "", "```"] + commands + ["```", ""]
+    return "\n".join(lines + notes) + "\n"
+
+
+def write_report(root: Path, out: Path) -> list[Path]:
+    """results/<scale>/memory/table5_simulated.{md,csv} and llama_dropout_ratio.md from the records."""
+    import pandas as pd
+
+    from lorafa.memory.report import dropout_ratio_markdown, dropout_ratio_rows
+    from lorafa.results import load_records
+
+    records = load_records(root)
+    out.mkdir(parents=True, exist_ok=True)
+    rows, table = _table5(records)
+    sources = sorted({r["memory_source"] for r in rows if r["memory_source"]})
+    notes = [
+        f"# Table 5: peak memory, ours ({', '.join(sources) or 'no records'}) beside the paper",
+        "",
+        "One training step (forward, backward, AdamW step) in the paper's mixed precision: 16-bit",
+        "weights, activations and adapters (bfloat16), fp32 master copies and AdamW moments of the",
+        "trainable parameters; adapters on every linear layer of the transformer blocks, dropout 0;",
+        "sequence-classification heads train in full. Ours in GiB (2^30 bytes); the paper's values as",
+        "printed (its 'GB'). `ours / paper` divides GiB by the paper's number.",
+        "",
+        "- RoBERTa (GLUE): sequence length 128. RoBERTa-large at batch 32, as the issue asks; the",
+        "  paper's Table 5 caption says batch 64 for it (its other batch sizes are as in the caption).",
+        "- T5 (WMT16 En-Ro): source and target of 128 tokens each.",
+        "- LLaMA-7B: sequence length 1024 (the paper does not state Table 5's; 1024 is that of its",
+        "  Figures 3 and 5). (OOM): above an 80 GB A100 (80·10^9 bytes = 74.5 GiB); the paper has Full-FT",
+        "  out of memory too, while its LoRA and LoRA-FA fit at its (unstated) sequence length.",
+        "- Attention: the `attention` column. eager for RoBERTa and T5 (T5 has no sdpa; eager was",
+        "  transformers' default for RoBERTa in 2023), sdpa for LLaMA (transformers' default).",
+        "- The paper does not say how it measured (tool, precision, allocator cache, CUDA context), so",
+        "  absolute values differ by setup; the ratios below compare the methods within each.",
+        "",
+    ]
+    from lorafa.memory.report import table5_ratio_markdown
+
+    (out / "table5_simulated.md").write_text(_header(REPORT_COMMANDS["table5"], []) + "\n" + "\n".join(notes)
+                                             + "\n" + table + "\nRatios of peaks:\n\n" + table5_ratio_markdown(rows))
+    frame = pd.DataFrame(rows)
+    for col in ("r", "paper_r"):
+        frame[col] = frame[col].astype("Int64")
+    frame.to_csv(out / "table5_simulated.csv", index=False)
+
+    ratios = dropout_ratio_rows(records)
+    setting = next((r["setting"] for r in ratios if r["setting"]), "no records")
+    notes = [
+        "# LoRA-FA / LoRA memory on LLaMA-7B with adapter dropout 0 and 0.1: ours vs PEFT's frozen-A LoRA",
+        "",
+        f"Setting: {setting}; every linear layer of the 32 blocks adapted (224); simulated peak of one",
+        "training step (as Table 5). GiB = 2^30 bytes.",
+        "",
+        "- ours: `lora` and `lora_fa` (lorafa.adapters; LoRA-FA keeps x·Aᵀ and a dropout seed only).",
+        "- PEFT: `peft_lora` is peft.get_peft_model's LoRA on the same layers; `peft_lora_frozen_a` the",
+        "  same with requires_grad=False on every lora_A (\"LoRA-FA\" as a frozen A alone). Its",
+        "  nn.Dropout keeps a b×s×d_in mask per adapted layer once dropout > 0.",
+        "",
+    ]
+    (out / "llama_dropout_ratio.md").write_text(_header(REPORT_COMMANDS["llama_dropout"], []) + "\n"
+                                                + "\n".join(notes) + "\n" + dropout_ratio_markdown(ratios))
+    return [out / "table5_simulated.md", out / "table5_simulated.csv", out / "llama_dropout_ratio.md"]
+
+
+def tables_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="experiments/memory.py", description="Tables from memory records.")
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--table", nargs="*", metavar="EXPERIMENT",
+                      help="print the records of these experiments (default: all) as tables")
+    mode.add_argument("--report", action="store_true",
+                      help="write table5_simulated.{md,csv} and llama_dropout_ratio.md to <results-dir>/memory")
+    parser.add_argument("--results-dir", default=None, help="records root (default: $LORAFA_RESULTS_DIR/paper "
+                                                            "or results/paper)")
+    parser.add_argument("--scale", default="paper")
+    parser.add_argument("--out", default=None, help="--report's folder (default: <results-dir>/memory)")
+    args = parser.parse_args(argv)
+    root = results_root(args.results_dir, args.scale)
+    if args.report:
+        for path in write_report(root, Path(args.out) if args.out else root / "memory"):
+            print(f"[memory] wrote {path}")
+        return 0
+    from lorafa.memory.report import _as_dicts
+    from lorafa.results import load_records
+
+    records = _as_dicts(load_records(root))
+    if not records:
+        print(f"[memory] no records under {root}")
+        return 1
+    print_tables(records, args.table or None)
     return 0
 
 
+def split_experiments(argv: list[str]) -> list[list[str]]:
+    """`-m experiment=a,b,c` as one argv per experiment.
+
+    Hydra's sweeper reads hydra.sweeper.params once, from the first composed config, so one
+    multirun over several experiments would not expand their grids; each runs as its own
+    multirun instead, in turn, in this process.
+    """
+    at = [i for i, a in enumerate(argv) if a.lstrip("+").partition("=")[0] == "experiment"]
+    if not any(a in ("-m", "--multirun") for a in argv) or len(at) != 1 or "," not in argv[at[0]]:
+        return [argv]
+    key, _, values = argv[at[0]].partition("=")
+    return [argv[:at[0]] + [f"{key}={v}"] + argv[at[0] + 1:] for v in values.split(",")]
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    if any(a in ("--table", "--report") or a.startswith("--table=") for a in sys.argv[1:]):
+        sys.exit(tables_main(sys.argv[1:]))
+    try:
+        check_group_choices(sys.argv[1:])
+    except ValueError as err:
+        print(f"[lorafa] config error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the model architectures come from conf/model
+    prog = sys.argv[0]
+    for args in split_experiments(sys.argv[1:]):
+        sys.argv = [prog, *args]
+        main()
+    if len(_DONE) > 1:
+        print_tables([rec.to_dict() for rec, _ in _DONE])

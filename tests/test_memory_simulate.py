@@ -14,7 +14,8 @@ MiB = 2**20
 
 @pytest.mark.parametrize("name, method, attn, dropout", [
     ("tiny-llama", "lora_fa", "sdpa", 0.1), ("tiny-llama", "lora", "eager", 0.1), ("tiny-llama", "full_ft", "sdpa", 0.0),
-    ("tiny-roberta", "lora", "sdpa", 0.0), ("tiny-t5", "lora_fa", "eager", 0.1)])
+    ("tiny-roberta", "lora", "sdpa", 0.0), ("tiny-t5", "lora_fa", "eager", 0.1),
+    ("tiny-llama", "peft_lora_frozen_a", "sdpa", 0.1), ("tiny-roberta", "peft_lora", "eager", 0.1)])
 def test_simulated_activations_equal_measured_on_cpu(name, method, attn, dropout):
     kwargs = dict(r=4, dropout=dropout, attn_implementation=attn)
     make = batch_maker(name, 2, 16)
@@ -44,6 +45,18 @@ def test_ordering_and_breakdown_adds_up():
 def test_lora_fa_dropout_keeps_no_mask_but_lora_does():
     assert sim("lora_fa", dropout=0.1).activation_bytes == sim("lora_fa").activation_bytes
     assert sim("lora", dropout=0.1).activation_bytes > sim("lora").activation_bytes
+
+
+def test_peft_frozen_a_equals_lora_fa_without_dropout_but_keeps_the_mask_with_it():
+    """PEFT's LoRA with requires_grad=False on lora_A: LoRA-FA's saving needs dropout 0."""
+    peft0, fa0 = sim("peft_lora_frozen_a", seq_len=32), sim("lora_fa", seq_len=32)
+    assert peft0.options["num_adapted_layers"] == fa0.options["num_adapted_layers"] == 28
+    assert peft0.persistent == fa0.persistent and peft0.activation_bytes == fa0.activation_bytes
+    peft, fa = sim("peft_lora_frozen_a", seq_len=32, dropout=0.1), sim("lora_fa", seq_len=32, dropout=0.1)
+    assert fa.activation_bytes == fa0.activation_bytes
+    # about one b·s·d_in dropout mask per adapted layer, bool as on CUDA
+    masks = 4 * 32 * (6 * 128 + 344) * 4  # elements: q, k, v, o, gate, up (d_in 128), down (344); 4 blocks
+    assert 0.9 * masks <= peft.activation_bytes - fa.activation_bytes <= masks
 
 
 def test_memory_options():

@@ -6,7 +6,8 @@
 Submodules: activations (activation_report), analytic (Table 1), specs (conf/model
 architectures), workload (the measured training step), tracker (live-storage counting),
 optim (mixed-precision AdamW), nf4 (QLoRA storage), simulate (fake tensors), cuda (GPU meter),
-measure (the one entry point). Attributes load lazily so `lorafa.memory.analytic` needs no torch.
+measure (the one entry point), sweep (a validated point -> one run record, reused on a rerun;
+experiments/memory.py's engine), report (Table 5 beside the paper, the dropout ratio table). Attributes load lazily so `lorafa.memory.analytic` needs no torch.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ _PUBLIC = {
     "simulate_step": "lorafa.memory.simulate",
     "cuda_step": "lorafa.memory.cuda",
     "LiveMemory": "lorafa.memory.tracker",
+    "MemoryPoint": "lorafa.memory.sweep",
+    "run_point": "lorafa.memory.sweep",
 }
 
 __all__ = sorted(_PUBLIC)

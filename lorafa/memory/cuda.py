@@ -3,10 +3,12 @@
 The same step as the simulator (setup.prepare_model, setup.batch_maker, MixedPrecisionAdamW),
 randomly initialised (memory does not depend on weight values). One warm-up step first, so
 the measured step is the steady state; then torch.cuda.reset_peak_memory_stats and
-max_memory_allocated around the second.
+max_memory_allocated around the second, whose wall time (CUDA-synchronised) is step_time_s.
 """
 
 from __future__ import annotations
+
+import time
 
 import torch
 from torch.utils.weak import WeakIdKeyDictionary
@@ -48,8 +50,10 @@ def cuda_step(model, make_batch, *, loss_fn=lambda out: out.loss, device: str = 
     step(False)
     torch.cuda.synchronize(device)
     torch.cuda.reset_peak_memory_stats(device)
+    start = time.perf_counter()
     activation_bytes = step(True)
     torch.cuda.synchronize(device)
+    step_time_s = time.perf_counter() - start
     peak = torch.cuda.max_memory_allocated(device)
     states = sum(t.numel() * t.element_size() for t in opt.state_tensors())
     grads = sum(p.grad.numel() * p.grad.element_size() for p in trainable if p.grad is not None)
@@ -60,4 +64,5 @@ def cuda_step(model, make_batch, *, loss_fn=lambda out: out.loss, device: str = 
     breakdown["other"] = max(0, peak - sum(breakdown.values()))
     opt.zero_grad()
     return StepMemory(peak_bytes=peak, peak_breakdown=breakdown, activation_bytes=activation_bytes,
-                      persistent={"weights": weights, "gradients": grads, "optimizer_states": states})
+                      persistent={"weights": weights, "gradients": grads, "optimizer_states": states},
+                      step_time_s=step_time_s)

@@ -37,6 +37,7 @@ class MemoryResult:
     backend: str = "simulate"
     status: str = "ok"
     persistent: dict = field(default_factory=dict)
+    step_time_s: float | None = None  # the measured step's wall time (backend "cuda" only)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -51,7 +52,9 @@ class MemoryResult:
                          memory_source="simulated" if self.backend == "simulate" else "cuda",
                          activation_bytes=self.activation_bytes,
                          memory_breakdown={k: int(self.breakdown.get(k, 0)) for k in CATEGORIES},
-                         options=dict(self.options), **extra)
+                         options=dict(self.options), step_time_s=self.step_time_s,
+                         tokens_per_s=(self.batch_size * self.seq_len / self.step_time_s
+                                       if self.step_time_s else None), **extra)
 
 
 def measure_peak_memory(model, method: str, batch_size: int, seq_len: int, backend: str = "simulate", *,
@@ -63,17 +66,19 @@ def measure_peak_memory(model, method: str, batch_size: int, seq_len: int, backe
     """Peak memory of one AdamW training step of `model` in the paper's mixed precision.
 
     model: a conf/model name ("llama-7b"), a YAML path or a ModelSpec. method: full_ft | lora |
-    lora_fa. Weights and activations are bf16; trainable parameters get an fp32 master copy
+    lora_fa, or PEFT's LoRA as reference: peft_lora | peft_lora_frozen_a (A frozen). Weights and activations are bf16; trainable parameters get an fp32 master copy
     and fp32 AdamW moments (Table 1's 12 bytes). backend "simulate" runs on fake tensors
     anywhere; "cuda" runs the same step for real on `device`. capacity_bytes: status "oom"
     above it (None: never). Options: see workload.prepare_model and simulate.simulate_step.
     """
-    from lorafa.memory.workload import batch_maker, prepare_model
+    from lorafa.memory.workload import METHODS, batch_maker, prepare_model
 
     if backend not in BACKENDS:
         raise ValueError(f"backend={backend!r} is invalid; allowed: {', '.join(BACKENDS)}")
     if isinstance(zero_shards, bool) or not isinstance(zero_shards, int) or zero_shards < 1:
         raise ValueError(f"zero_shards={zero_shards!r} is invalid; allowed: an integer >= 1")
+    if method not in METHODS:
+        raise ValueError(f"method={method!r} is invalid; allowed: {', '.join(METHODS)}")
     if zero_shards > 1 and method == "full_ft":
         raise ValueError("zero_shards > 1 is modelled for lora and lora_fa only (the paper's §3.2 shards "
                          "frozen base weights and keeps adapter states whole)")
@@ -89,7 +94,8 @@ def measure_peak_memory(model, method: str, batch_size: int, seq_len: int, backe
         from lorafa.memory.simulate import simulate_step
 
         net = prepare_model(spec, method, device="meta", **kwargs)
-        step = simulate_step(net, make_batch, block=block, zero_shards=zero_shards)
+        # dropout as on the GPU being simulated: a bool mask (see simulate's module docstring)
+        step = simulate_step(net, make_batch, block=block, zero_shards=zero_shards, dropout_as_cuda=True)
     else:
         import torch
 
@@ -102,11 +108,11 @@ def measure_peak_memory(model, method: str, batch_size: int, seq_len: int, backe
                              "are simulated only (backend='simulate')")
         net = prepare_model(spec, method, device=device, **kwargs)
         step = cuda_step(net, make_batch, device=device)
-    from lorafa.inject import adapter_layers
+    from lorafa.memory.workload import adapted_layer_count
 
     options = {"attn_implementation": attn_implementation, "gradient_checkpointing": gradient_checkpointing,
                "quantization": quantization, "zero_shards": zero_shards,
-               "num_adapted_layers": len(adapter_layers(net)), "dropout": dropout,
+               "num_adapted_layers": adapted_layer_count(net), "dropout": dropout,
                "adapter_dtype": adapter_dtype if method != "full_ft" else None,
                "target_modules": target_modules if isinstance(target_modules, str) else list(target_modules),
                "target_len": target_len, "backend": backend}
@@ -115,4 +121,5 @@ def measure_peak_memory(model, method: str, batch_size: int, seq_len: int, backe
                         peak_bytes=step.peak_bytes, breakdown=step.peak_breakdown,
                         activation_bytes=step.activation_bytes, options=options,
                         r=None if method == "full_ft" else r, alpha=None if method == "full_ft" else alpha,
-                        backend=backend, status=status, persistent=step.persistent)
+                        backend=backend, status=status, persistent=step.persistent,
+                        step_time_s=getattr(step, "step_time_s", None))

@@ -8,6 +8,12 @@ seconds on a laptop CPU.
 
 The fake device is "cpu": this torch build cannot fake CUDA tensors without CUDA, and the
 CPU kernels keep the same tensors for backward as CUDA's (sdpa: output + logsumexp).
+Dropout: on CPU, F.dropout multiplies by a noise tensor of the input's dtype and keeps it for
+backward (2 bytes per element in bf16); on CUDA it runs the fused native_dropout, which keeps
+a bool mask (1 byte). measure_peak_memory simulates the GPU's (dropout_as_cuda=True), so that
+LoRA's and PEFT's adapter-dropout masks and RoBERTa's/T5's attention and hidden dropout masks
+count as on the paper's GPUs; simulate_step's default (False) keeps the CPU's, which the
+exactness tests compare with real CPU runs.
 Known gap: with attention dropout > 0 (RoBERTa, T5 in training) CPU sdpa falls back to the
 math kernel, which keeps the attention matrix, where CUDA's flash kernel would not; so
 simulated sdpa peaks of those models are too high (eager ones are unaffected).
@@ -42,6 +48,7 @@ class StepMemory:
     peak_breakdown: dict
     activation_bytes: int
     persistent: dict = field(default_factory=dict)
+    step_time_s: float | None = None  # measured (CUDA) steps only
 
 
 @contextlib.contextmanager
@@ -66,6 +73,26 @@ def _masks_as_on_real_tensors():
         masking_utils.find_packed_sequence_indices = original
 
 
+@contextlib.contextmanager
+def _dropout_as_on_cuda():
+    """F.dropout as CUDA runs it in training: torch.native_dropout, which keeps a bool mask."""
+    import torch.nn.functional as F
+
+    original = F.dropout
+
+    def dropout(input, p=0.5, training=True, inplace=False):
+        if not training or p == 0 or p == 1 or not input.is_floating_point():
+            return original(input, p, training, inplace)
+        out = torch.native_dropout(input, p, True)[0]
+        return input.copy_(out) if inplace else out
+
+    F.dropout = dropout
+    try:
+        yield
+    finally:
+        F.dropout = original
+
+
 def _fakeify(model: nn.Module, device: str) -> None:
     """Replace every parameter and buffer by an empty tensor of the same shape (fake under
     FakeTensorMode), keeping tied parameters tied."""
@@ -86,8 +113,10 @@ def _fakeify(model: nn.Module, device: str) -> None:
 
 
 def _is_adapter_param(model: nn.Module) -> set[int]:
-    return {id(p) for m in model.modules() if isinstance(m, LoraLayer)
-            for p in (m.lora_A.weight, m.lora_B.weight)}
+    """Adapter weights: ours (LoraLayer) and PEFT's (lora_A / lora_B submodules)."""
+    ours = {id(p) for m in model.modules() if isinstance(m, LoraLayer) for p in (m.lora_A.weight, m.lora_B.weight)}
+    peft = {id(p) for n, p in model.named_parameters() if ".lora_A." in n or ".lora_B." in n}
+    return ours | peft
 
 
 def zero3_units(model: nn.Module) -> list[list[nn.Parameter]]:
@@ -111,12 +140,13 @@ def _frozen_base_bytes(params, adapters: set[int]) -> int:
 
 def simulate_step(model: nn.Module, make_batch: Callable[[str], dict], *,
                   loss_fn: Callable = lambda out: out.loss, device: str = "cpu", block: int = 512,
-                  zero_shards: int = 1, optimizer: bool = True) -> StepMemory:
+                  zero_shards: int = 1, optimizer: bool = True, dropout_as_cuda: bool = False) -> StepMemory:
     """Simulate one training step of `model` (on the meta device, adapters already injected).
 
     make_batch(device) -> keyword inputs; loss_fn(output) -> scalar loss. zero_shards > 1:
     frozen base weights are sharded over that many GPUs and one gathered unit (the largest
     block) is in flight; adapters, gradients and optimizer states stay whole (paper §3.2).
+    dropout_as_cuda: dropout keeps CUDA's bool mask instead of the CPU's input-dtype noise.
     The model is consumed (its parameters become fake tensors).
     """
     adapters = _is_adapter_param(model)
@@ -124,7 +154,8 @@ def simulate_step(model: nn.Module, make_batch: Callable[[str], dict], *,
     if zero_shards > 1:  # measured on meta, before fake-ification; a unit's own shard is already counted
         inflight = max((_frozen_base_bytes(u, adapters) for u in zero3_units(model)), default=0)
         inflight -= inflight // zero_shards
-    with FakeTensorMode(), _masks_as_on_real_tensors():
+    cuda_dropout = _dropout_as_on_cuda() if dropout_as_cuda else contextlib.nullcontext()
+    with FakeTensorMode(), _masks_as_on_real_tensors(), cuda_dropout:
         _fakeify(model, device)
         tracker = LiveMemory(block=block)
         with tracker:
