@@ -9,6 +9,7 @@ built; the library never sees Hydra.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -19,10 +20,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from lorafa.config import AdapterConfig  # noqa: E402
-from lorafa.experiment import DataSpec, MethodSpec, RunSpec, run  # noqa: E402
+from lorafa.experiment import EXIT_PREEMPTED, DataSpec, MethodSpec, RunSpec, run  # noqa: E402
 from lorafa.models import ModelSpec  # noqa: E402
 from lorafa.paths import results_dir  # noqa: E402
-from lorafa.training import TrainSettings  # noqa: E402
+from lorafa.training import TrainingInterrupted, TrainSettings  # noqa: E402
 
 CONF = ROOT / "conf"
 OmegaConf.register_new_resolver("mul", lambda a, b: a * b, replace=True)
@@ -84,6 +85,7 @@ def to_spec(cfg: DictConfig) -> RunSpec:
     adapter = AdapterConfig(**method["adapter"]) if method.get("adapter") else None
     trainer = dict(c["trainer"], seed=c["seed"])
     _check_keys("trainer", trainer, {f.name for f in dataclasses.fields(TrainSettings)})
+    c["data"].update(c["data"].pop("by_task", {}).get(c["task"]["name"], {}))
     _check_keys("data", c["data"], {f.name for f in dataclasses.fields(DataSpec)})
     if not c["data"].get("eval_splits"):  # the task config may name its evaluation split(s)
         c["data"]["eval_splits"] = c["task"].get("eval_splits")
@@ -104,6 +106,19 @@ def to_spec(cfg: DictConfig) -> RunSpec:
     return spec
 
 
+def _export_slurm_ranks() -> None:
+    """hydra/launcher=slurm with several GPUs starts one task per GPU: give torch its RANK,
+    WORLD_SIZE, LOCAL_RANK and MASTER_ADDR/PORT from SLURM (torchrun/accelerate set their own)."""
+    if "RANK" in os.environ or int(os.environ.get("SLURM_NTASKS", "1")) <= 1:
+        return
+    try:
+        import submitit
+
+        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+    except Exception:  # noqa: BLE001 - not a submitit job: a plain srun leaves the ranks to torchrun
+        pass
+
+
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     try:
@@ -111,7 +126,17 @@ def main(cfg: DictConfig) -> None:
     except ValueError as err:
         print(f"[lorafa] config error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
-    run(spec, force=cfg.force)
+    _export_slurm_ranks()
+    try:
+        run(spec, force=cfg.force)
+    except TrainingInterrupted:
+        # SIGTERM (SLURM's preemption notice): checkpointed, no record; the sweep stops here and
+        # its rerun (or SLURM's requeue) resumes this run and skips the finished ones.
+        sys.stdout.flush()
+        os._exit(EXIT_PREEMPTED)
+    except ValueError as err:  # bad input found by the run: unwritable or full results directory, a malformed data row
+        print(f"[lorafa] error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

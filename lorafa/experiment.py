@@ -9,6 +9,7 @@ import dataclasses
 import datetime as dt
 import os
 import re
+import shutil
 import socket
 import subprocess
 import tempfile
@@ -25,10 +26,18 @@ from lorafa.models import ModelSpec, check_compatible, load_model, load_tokenize
 from lorafa.paths import REPO_ROOT
 from lorafa.results import RunRecord, config_hash, find_finished, write_record
 from lorafa.tasks import TaskSpec, get_task
-from lorafa.training import TrainOutcome, TrainSettings, train_and_evaluate
+from lorafa.training import (TrainingInterrupted, TrainOutcome, TrainSettings, last_checkpoint, train_and_evaluate,
+                             world)
 
 METHOD_KINDS = ("adapter", "full_ft", "prompt_tuning", "none")  # none: evaluate the base model only
 LOGGERS = ("none", "wandb")
+EXIT_PREEMPTED = 143  # 128 + SIGTERM: a run stopped by SIGTERM after checkpointing (no record written)
+MIN_FREE_BYTES = 64 * 2**20  # records, logs and the smallest checkpoints
+
+
+def _need_type(section: str, name: str, value, types: tuple, allowed: str) -> None:
+    if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
+        raise ValueError(f"{section}.{name}={value!r} has type {type(value).__name__}; allowed: {allowed}")
 
 
 @dataclass
@@ -39,6 +48,10 @@ class MethodSpec:
     num_virtual_tokens: int = 20
 
     def validate(self) -> None:
+        _need_type("method", "name", self.name, (str,), "a string")
+        _need_type("method", "num_virtual_tokens", self.num_virtual_tokens, (int,), "an integer >= 1")
+        if self.adapter is not None and not isinstance(self.adapter, AdapterConfig):
+            raise ValueError(f"method.adapter must be an AdapterConfig, got {type(self.adapter).__name__}")
         if self.kind not in METHOD_KINDS:
             raise ValueError(f"method.kind={self.kind!r} is invalid; allowed: {', '.join(METHOD_KINDS)}")
         if self.kind == "adapter" and self.adapter is None:
@@ -63,8 +76,22 @@ class DataSpec:
     mmlu_split: str = "test"
 
     def validate(self) -> None:
-        if self.dir is not None and not Path(self.dir).is_dir():
+        _need_type("data", "dir", self.dir, (str, type(None)), "null or a directory path")
+        for name in ("max_length", "max_target_length", "mmlu_k"):
+            _need_type("data", name, getattr(self, name), (int,), "an integer")
+        for name in ("max_train_samples", "max_eval_samples", "eval_from_train", "mmlu_max_examples"):
+            _need_type("data", name, getattr(self, name), (int, type(None)), "null or an integer")
+        for name in ("train_split", "mmlu_split"):
+            _need_type("data", name, getattr(self, name), (str, type(None)), "a split name")
+        for name in ("eval_splits", "mmlu_subjects"):
+            value = getattr(self, name)
+            _need_type("data", name, value, (list, tuple, type(None)), "null or a list of names")
+            if value is not None and (not value or not all(isinstance(v, str) and v for v in value)):
+                raise ValueError(f"data.{name}={value!r} is invalid; allowed: null or a non-empty list of names")
+        if self.dir is not None and not Path(self.dir).expanduser().is_dir():
             raise ValueError(f"data.dir={self.dir!r} is not a directory")
+        if self.mmlu_k < 0:
+            raise ValueError(f"data.mmlu_k={self.mmlu_k} is invalid; allowed: an integer >= 0")
         for name in ("max_length", "max_target_length"):
             if getattr(self, name) < 1:
                 raise ValueError(f"data.{name}={getattr(self, name)} is invalid; allowed: an integer >= 1")
@@ -89,6 +116,10 @@ class RunSpec:
 
     def validate(self) -> TaskSpec:
         """Every field checked before any model is built; returns the task's spec."""
+        for name in ("task", "experiment", "scale", "results_root", "logger", "wandb_project"):
+            _need_type("run", name, getattr(self, name), (str,), "a string")
+        if not isinstance(self.trainer, TrainSettings):
+            raise ValueError(f"trainer must be a TrainSettings, got {type(self.trainer).__name__}")
         task = get_task(self.task)
         if (task.family == "mmlu") != (self.method.kind == "none"):
             raise ValueError("task='mmlu' is evaluation only and goes with method=base (the base model's "
@@ -104,7 +135,21 @@ class RunSpec:
             raise ValueError(f"method={self.method.name!r} is implemented for GLUE tasks only, not task={self.task!r}")
         if self.logger not in LOGGERS:
             raise ValueError(f"logger={self.logger!r} is invalid; allowed: {', '.join(LOGGERS)}")
+        self._check_splits(task)
         return task
+
+    def _check_splits(self, task: TaskSpec) -> None:
+        """Split names the task has (a typo would otherwise fail after the model is built)."""
+        known = set(task.local_files) | set(task.hub_splits) | set(task.splits)
+        if task.family == "mmlu":
+            return
+        if self.data.train_split is not None and self.data.train_split not in known:
+            raise ValueError(f"data.train_split={self.data.train_split!r} is not a split of {task.name}; "
+                             f"allowed: {', '.join(sorted(known))}")
+        for value in self.data.eval_splits or ():
+            if value not in known:
+                raise ValueError(f"data.eval_splits entry {value!r} is not a split of {task.name}; "
+                                 f"allowed: {', '.join(sorted(known))}")
 
     def identity(self) -> dict[str, Any]:
         """What defines the run's result: everything but where it is written and logged."""
@@ -113,6 +158,7 @@ class RunSpec:
             d.pop(key)
         d["data"].pop("dir")
         d["trainer"].pop("report_to")
+        d["trainer"].pop("save_steps")  # how often to checkpoint does not change the result
         return d
 
     def run_id(self, digest: str) -> str:
@@ -240,16 +286,51 @@ def _check_writable(root: Path) -> None:
         raise ValueError(f"results directory {root} is not writable: {err}") from err
 
 
-def run(spec: RunSpec, force: bool = False) -> RunRecord:
-    """Train and evaluate one configuration, unless a finished record with the same hash exists."""
+def _check_free_space(root: Path, need_bytes: int, what: str) -> None:
+    """A full disk is reported before training, not as a lost checkpoint or record afterwards."""
+    free = shutil.disk_usage(root).free
+    if free < need_bytes:
+        raise ValueError(f"results directory {root} has {free / 2**20:.1f} MiB free; {what} needs about "
+                         f"{need_bytes / 2**20:.1f} MiB: free some space or set results_dir elsewhere")
+
+
+def checkpoint_bytes(model) -> int:
+    """A checkpoint's size: the trainable parameters, AdamW's two fp32 moments, slack for the rest."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    return sum(p.numel() * (p.element_size() + 8) for p in trainable) + 2**20
+
+
+def checkpoint_dir(root: str | os.PathLike, run_id: str) -> Path:
+    """Where a run's Trainer keeps its checkpoints until its record is written."""
+    return Path(root) / "checkpoints" / run_id
+
+
+def run(spec: RunSpec, force: bool = False, callbacks: list | None = None) -> RunRecord:
+    """Train and evaluate one configuration, unless a finished record with the same hash exists.
+
+    The Trainer works in <results_root>/checkpoints/<run_id>. A SIGTERM checkpoints there
+    and raises TrainingInterrupted without writing a record; the next run of the same
+    configuration resumes from that checkpoint (force=True starts afresh). The folder is
+    deleted once the record is written. Under several processes (torchrun, accelerate)
+    rank 0 alone writes records; the world size joins the config hash when it is above 1
+    (the global batch differs).
+    """
     task = spec.validate()
     root = Path(spec.results_root)
     _check_writable(root)
-    digest = config_hash(spec.identity())
+    _check_free_space(root, MIN_FREE_BYTES, "a run's record and logs")
+    rank, world_size = world()
+    identity = spec.identity()
+    if world_size > 1:
+        identity["world_size"] = world_size
+    digest = config_hash(identity)
     if not force and (done := find_finished(root, digest)) is not None:
         print(f"[lorafa] skip: finished run {done.run_id} (config {digest})")
         return done
     run_id = spec.run_id(digest)
+    work = checkpoint_dir(root, run_id)
+    if force and rank == 0 and work.exists():
+        shutil.rmtree(work, ignore_errors=True)
     started, t0 = _now(), time.perf_counter()
     adapter = spec.method.adapter
     common = dict(
@@ -261,22 +342,40 @@ def run(spec: RunSpec, force: bool = False) -> RunRecord:
                  "model_dtype": spec.model.dtype, "attn_implementation": spec.model.attn_implementation,
                  "gradient_checkpointing": spec.trainer.gradient_checkpointing},
         git_commit=_git_commit(), device=_device(), started_at=started)
+    if world_size > 1:
+        common["options"]["world_size"] = world_size
     try:
+        # Data first: a malformed row (reported with its file and line) fails before any model is built.
+        train, evals, collator, compute_metrics, final_eval = build_data(spec, task, load_tokenizer(spec.model))
         torch.manual_seed(spec.trainer.seed)
         model, tokenizer = build_model(spec, task)
-        train, evals, collator, compute_metrics, final_eval = build_data(spec, task, tokenizer)
         if train is None:  # evaluation only (the base model on MMLU)
             outcome = TrainOutcome(status="ok", metrics=final_eval(model), eval_history=[], step_time_s=None,
                                    tokens_per_s=None, peak_memory_bytes=None, memory_source=None,
                                    activation_bytes=None, memory_breakdown=None)
         else:
+            _check_free_space(root, checkpoint_bytes(model) + MIN_FREE_BYTES, "a checkpoint of this run")
             outcome = _train(spec, task, run_id, model, tokenizer, train, evals, collator, compute_metrics,
-                             final_eval)
+                             final_eval, work, callbacks)
+    except TrainingInterrupted as stop:
+        # No record: the run is unfinished, and the next sweep resumes it from the checkpoint.
+        print(f"[lorafa] interrupted: {run_id} at step {stop.step}; checkpoint {stop.checkpoint} "
+              f"(rerun to resume)", flush=True)
+        raise
     except Exception as err:
         # The failure is recorded (the analysis shows why a cell is empty) and a rerun retries it.
-        write_record(RunRecord(**common, status="failed", error=f"{type(err).__name__}: {err}".splitlines()[0],
-                               wall_s=round(time.perf_counter() - t0, 3), finished_at=_now()), root)
+        if rank == 0:
+            try:
+                write_record(RunRecord(**common, status="failed",
+                                       error=f"{type(err).__name__}: {err}".splitlines()[0],
+                                       wall_s=round(time.perf_counter() - t0, 3), finished_at=_now()), root)
+            except OSError as write_err:  # e.g. the disk filled up meanwhile: keep the original error
+                print(f"[lorafa] could not write the failed record: {write_err}", flush=True)
         raise
+    if outcome.resumed_from_step is not None:
+        common["options"]["resumed_from_step"] = outcome.resumed_from_step
+    if outcome.steps_run is not None:
+        common["options"]["steps_run"] = outcome.steps_run
     record = RunRecord(
         **common, status=outcome.status, metrics=outcome.metrics, eval_history=outcome.eval_history,
         trainable_params=count_trainable(model), peak_memory_bytes=outcome.peak_memory_bytes,
@@ -284,7 +383,14 @@ def run(spec: RunSpec, force: bool = False) -> RunRecord:
         memory_breakdown=outcome.memory_breakdown, step_time_s=outcome.step_time_s,
         tokens_per_s=outcome.tokens_per_s, wall_s=round(time.perf_counter() - t0, 3), error=outcome.error,
         finished_at=_now())
+    if rank != 0:
+        return record
     path = write_record(record, root)
+    shutil.rmtree(work, ignore_errors=True)  # the record is final: checkpoints are no longer needed
+    try:
+        work.parent.rmdir()  # only when no other run has checkpoints there
+    except OSError:
+        pass
     if spec.logger == "wandb":
         _log_summary_to_wandb(record)
     print(f"[lorafa] {record.status}: {record.run_id}\n[lorafa] record: {path}")
@@ -292,16 +398,24 @@ def run(spec: RunSpec, force: bool = False) -> RunRecord:
 
 
 def _train(spec: RunSpec, task: TaskSpec, run_id: str, model, tokenizer, train, evals, collator, compute_metrics,
-           final_eval) -> TrainOutcome:
+           final_eval, work: Path | None = None, callbacks: list | None = None) -> TrainOutcome:
     if spec.logger == "wandb":  # Trainer's W&B integration; offline unless the user chose otherwise
         os.environ.setdefault("WANDB_MODE", "offline")
         os.environ.setdefault("WANDB_PROJECT", spec.wandb_project)
         os.environ.setdefault("WANDB_DIR", spec.results_root)
         spec.trainer.report_to = ["wandb"]
-    with tempfile.TemporaryDirectory(prefix="lorafa-run-") as tmp:
-        return train_and_evaluate(model, tokenizer, spec.trainer, train, evals, collator, compute_metrics,
-                                  output_dir=tmp, run_name=run_id, seq2seq=task.family == "seq2seq",
-                                  final_eval=final_eval)
+    if work is None:
+        with tempfile.TemporaryDirectory(prefix="lorafa-run-") as tmp:
+            return train_and_evaluate(model, tokenizer, spec.trainer, train, evals, collator, compute_metrics,
+                                      output_dir=tmp, run_name=run_id, seq2seq=task.family == "seq2seq",
+                                      final_eval=final_eval, callbacks=callbacks)
+    resume = last_checkpoint(work)
+    if resume is not None:
+        print(f"[lorafa] resuming {run_id} from {resume}", flush=True)
+    return train_and_evaluate(model, tokenizer, spec.trainer, train, evals, collator, compute_metrics,
+                              output_dir=str(work), run_name=run_id, seq2seq=task.family == "seq2seq",
+                              final_eval=final_eval, callbacks=callbacks, resume_from_checkpoint=resume,
+                              handle_sigterm=True)
 
 
 def _log_summary_to_wandb(record: RunRecord) -> None:

@@ -18,11 +18,11 @@ sys.path.insert(0, str(ROOT / "experiments"))
 import run as run_cli  # noqa: E402
 
 # Small enough for seconds on 2 cores, real enough to learn: one block, width 32.
-TINY = {
-    "tiny-roberta": ["model.arch.hidden_size=32", "model.arch.num_hidden_layers=1", "model.arch.intermediate_size=64"],
-    "tiny-t5": ["model.arch.d_model=32", "model.arch.d_kv=8", "model.arch.d_ff=64", "model.arch.num_layers=1",
+TINY = {  # model.path=null: built from arch (random weights), not the committed pretrained checkpoint
+    "tiny-roberta": ["model.path=null", "model.arch.hidden_size=32", "model.arch.num_hidden_layers=1", "model.arch.intermediate_size=64"],
+    "tiny-t5": ["model.path=null", "model.arch.d_model=32", "model.arch.d_kv=8", "model.arch.d_ff=64", "model.arch.num_layers=1",
                 "model.arch.num_decoder_layers=1"],
-    "tiny-llama": ["model.arch.hidden_size=32", "model.arch.intermediate_size=64", "model.arch.num_hidden_layers=1",
+    "tiny-llama": ["model.path=null", "model.arch.hidden_size=32", "model.arch.intermediate_size=64", "model.arch.num_hidden_layers=1",
                    "model.arch.num_attention_heads=4", "model.arch.num_key_value_heads=4"],
 }
 FAST = ["trainer.max_steps=6", "trainer.batch_size=8", "trainer.eval_batch_size=16", "trainer.logging_steps=2",
