@@ -12,6 +12,7 @@ import pandas as pd
 
 from lorafa.paths import results_dir
 from lorafa.results import load_records
+from lorafa.results import plain as clean  # NaN -> None, numpy -> Python
 
 GB = 2**30  # memory is reported in GB of 2**30 bytes, as CUDA memory reports usually are
 SETTING_KEYS = ("r", "alpha", "lr", "init_a")
@@ -46,15 +47,6 @@ def runs_of(records: pd.DataFrame, experiment: str, **equal: Any) -> pd.DataFram
     return records[mask]
 
 
-def clean(value):
-    """NaN -> None and numpy scalars -> Python, so values compare and hash plainly."""
-    if value is None or value is pd.NA or value is pd.NaT:
-        return None
-    if hasattr(value, "item"):
-        value = value.item()
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    return value
 
 
 def method_key(method: str) -> tuple:

@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from lorafa.memory.sweep import MemoryPoint, run_point  # noqa: E402
 from lorafa.paths import results_dir  # noqa: E402
+from config_groups import check_group_choices  # noqa: E402
 
 CONF = ROOT / "conf" / "memory"
 GROUPS = ("experiment", "optimisation")
@@ -47,21 +48,7 @@ REPORT_COMMANDS = {
 }
 
 
-def _names(group: str) -> list[str]:
-    folder = CONF / group
-    return sorted(str(p.relative_to(folder).with_suffix("")) for p in folder.rglob("*.yaml"))
 
-
-def check_group_choices(argv: list[str]) -> None:
-    """Unknown config-group names fail here with every available name listed."""
-    for arg in argv:
-        group, sep, value = arg.lstrip("+").partition("=")
-        if not sep or group not in GROUPS or "(" in value or value in ("null", ""):
-            continue
-        names = _names(group)
-        for choice in value.split(","):
-            if choice not in names:
-                raise ValueError(f"{group}={choice!r} is unknown; available: {', '.join(names)}")
 
 
 def results_root(results: str | None, scale: str) -> Path:
@@ -254,7 +241,7 @@ if __name__ == "__main__":
     if any(a in ("--table", "--report") or a.startswith("--table=") for a in sys.argv[1:]):
         sys.exit(tables_main(sys.argv[1:]))
     try:
-        check_group_choices(sys.argv[1:])
+        check_group_choices(CONF, GROUPS, sys.argv[1:])
     except ValueError as err:
         print(f"[lorafa] config error: {err}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -23,31 +23,17 @@ from lorafa.config import AdapterConfig  # noqa: E402
 from lorafa.experiment import EXIT_PREEMPTED, DataSpec, MethodSpec, RunSpec, run  # noqa: E402
 from lorafa.models import ModelSpec  # noqa: E402
 from lorafa.paths import results_dir  # noqa: E402
+from config_groups import check_group_choices, group_names  # noqa: E402
 from lorafa.training import TrainingInterrupted, TrainSettings  # noqa: E402
 
 CONF = ROOT / "conf"
 OmegaConf.register_new_resolver("mul", lambda a, b: a * b, replace=True)
 
 
-def _names(group: str) -> list[str]:
-    folder = CONF / group
-    return sorted(str(p.relative_to(folder).with_suffix("")) for p in folder.rglob("*.yaml"))
-
 
 GROUPS = ("task", "method", "model", "trainer", "logger", "scale", "experiment")
 
 
-def check_group_choices(argv: list[str]) -> None:
-    """Unknown config-group names fail here with every available name listed (Hydra's own
-    message omits nested ones such as glue/mrpc)."""
-    for arg in argv:
-        group, sep, value = arg.partition("=")
-        if not sep or group not in GROUPS or "(" in value or value in ("null", ""):
-            continue
-        names = _names(group)
-        for choice in value.split(","):
-            if choice not in names:
-                raise ValueError(f"{group}={choice!r} is unknown; available: {', '.join(names)}")
 
 
 def _model_config(cfg: DictConfig) -> dict:
@@ -61,7 +47,7 @@ def _model_config(cfg: DictConfig) -> dict:
     if chosen is None or mapped != name:
         path = CONF / "model" / f"{mapped}.yaml"
         if not path.is_file():
-            raise ValueError(f"model={mapped!r} is unknown; available: {', '.join(_names('model'))}")
+            raise ValueError(f"model={mapped!r} is unknown; available: {', '.join(group_names(CONF, 'model'))}")
         chosen = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
     return chosen
 
@@ -141,7 +127,7 @@ def main(cfg: DictConfig) -> None:
 
 if __name__ == "__main__":
     try:
-        check_group_choices(sys.argv[1:])
+        check_group_choices(CONF, GROUPS, sys.argv[1:])
     except ValueError as err:
         print(f"[lorafa] config error: {err}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -6,12 +6,10 @@ calls `run`; nothing here knows about Hydra.
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import os
 import re
 import shutil
 import socket
-import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -24,7 +22,7 @@ from lorafa.config import AdapterConfig
 from lorafa.inject import add_adapters, count_trainable
 from lorafa.models import ModelSpec, check_compatible, load_model, load_tokenizer
 from lorafa.paths import REPO_ROOT
-from lorafa.results import RunRecord, config_hash, find_finished, write_record
+from lorafa.results import RunRecord, config_hash, find_finished, git_commit, utc_now, write_record
 from lorafa.tasks import TaskSpec, get_task
 from lorafa.training import (TrainingInterrupted, TrainOutcome, TrainSettings, last_checkpoint, train_and_evaluate,
                              world)
@@ -259,12 +257,6 @@ def build_model(spec: RunSpec, task: TaskSpec):
 
 # ----------------------------------------------------------------------------- the run
 
-def _git_commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True,
-                              text=True, timeout=5).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 def _device() -> str:
@@ -273,8 +265,6 @@ def _device() -> str:
     return f"cpu:{os.cpu_count()}cores@{socket.gethostname()}"
 
 
-def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def _check_writable(root: Path) -> None:
@@ -331,7 +321,7 @@ def run(spec: RunSpec, force: bool = False, callbacks: list | None = None) -> Ru
     work = checkpoint_dir(root, run_id)
     if force and rank == 0 and work.exists():
         shutil.rmtree(work, ignore_errors=True)
-    started, t0 = _now(), time.perf_counter()
+    started, t0 = utc_now(), time.perf_counter()
     adapter = spec.method.adapter
     common = dict(
         run_id=run_id, config_hash=digest, experiment=spec.experiment, scale=spec.scale, model=spec.model.name,
@@ -341,7 +331,7 @@ def run(spec: RunSpec, force: bool = False, callbacks: list | None = None) -> Ru
         options={"dropout": adapter.dropout if adapter else None, "precision": spec.trainer.precision,
                  "model_dtype": spec.model.dtype, "attn_implementation": spec.model.attn_implementation,
                  "gradient_checkpointing": spec.trainer.gradient_checkpointing},
-        git_commit=_git_commit(), device=_device(), started_at=started)
+        git_commit=git_commit(), device=_device(), started_at=started)
     if world_size > 1:
         common["options"]["world_size"] = world_size
     try:
@@ -368,7 +358,7 @@ def run(spec: RunSpec, force: bool = False, callbacks: list | None = None) -> Ru
             try:
                 write_record(RunRecord(**common, status="failed",
                                        error=f"{type(err).__name__}: {err}".splitlines()[0],
-                                       wall_s=round(time.perf_counter() - t0, 3), finished_at=_now()), root)
+                                       wall_s=round(time.perf_counter() - t0, 3), finished_at=utc_now()), root)
             except OSError as write_err:  # e.g. the disk filled up meanwhile: keep the original error
                 print(f"[lorafa] could not write the failed record: {write_err}", flush=True)
         raise
@@ -382,7 +372,7 @@ def run(spec: RunSpec, force: bool = False, callbacks: list | None = None) -> Ru
         memory_source=outcome.memory_source, activation_bytes=outcome.activation_bytes,
         memory_breakdown=outcome.memory_breakdown, step_time_s=outcome.step_time_s,
         tokens_per_s=outcome.tokens_per_s, wall_s=round(time.perf_counter() - t0, 3), error=outcome.error,
-        finished_at=_now())
+        finished_at=utc_now())
     if rank != 0:
         return record
     path = write_record(record, root)

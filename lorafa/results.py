@@ -16,6 +16,8 @@ This module imports only the standard library and pandas (no torch, no Hydra).
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
+import subprocess
 import fcntl
 import hashlib
 import json
@@ -275,3 +277,29 @@ def find_finished(root: str | os.PathLike, config_hash: str) -> RunRecord | None
         if record.status == "ok" and record.config_hash == config_hash:
             return record
     return None
+
+
+# ----------------------------------------------------------------------------- provenance
+
+def git_commit() -> str | None:
+    """The repository's short commit, for the record's git_commit (None outside a checkout)."""
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).resolve().parent,
+                              capture_output=True, text=True, timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def utc_now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def plain(value):
+    """NaN/NA -> None and numpy scalars -> Python values, so records compare and print plainly."""
+    if value is None or value is pd.NA or value is pd.NaT:
+        return None
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value

@@ -8,7 +8,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from lorafa import AdapterConfig, add_adapters, adapter_layers, count_trainable, merge_adapters, unmerge_adapters
-from tests.conftest import TINY_MODELS, model_inputs, tiny_gpt2, tiny_llama, tiny_roberta, tiny_t5
+from tests.conftest import TINY_MODELS, model_inputs, tiny_llama, tiny_roberta
 
 ALL_LINEAR = {  # linears per block x blocks: what "all-linear" must find
     "roberta": 6 * 2,                # query key value attention.output intermediate output

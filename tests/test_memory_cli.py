@@ -17,6 +17,9 @@ from lorafa.results import load_records
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "conf" / "memory"
+sys.path.insert(0, str(ROOT / "experiments"))
+from config_groups import group_names  # noqa: E402
+
 spec = importlib.util.spec_from_file_location("memory_cli", ROOT / "experiments" / "memory.py")
 cli = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(cli)
@@ -56,8 +59,8 @@ def _points(name):
 
 
 def test_experiment_group_is_exactly_the_sweeps():
-    assert set(cli._names("experiment")) == set(SWEEPS)
-    assert set(cli._names("optimisation")) == {"none", "flash_attention", "qlora", "zero3"}
+    assert set(group_names(cli.CONF, "experiment")) == set(SWEEPS)
+    assert set(group_names(cli.CONF, "optimisation")) == {"none", "flash_attention", "qlora", "zero3"}
 
 
 @pytest.mark.parametrize("name", sorted(SWEEPS))
@@ -103,10 +106,10 @@ def test_bad_config_names_the_field(overrides, match):
 
 def test_unknown_group_choice_lists_the_available_ones():
     with pytest.raises(ValueError, match="available: fig2a, fig2b"):
-        cli.check_group_choices(["-m", "experiment=table5,fig9"])
+        cli.check_group_choices(cli.CONF, cli.GROUPS, ["-m", "experiment=table5,fig9"])
     with pytest.raises(ValueError, match="flash_attention"):
-        cli.check_group_choices(["optimisation=flash"])
-    cli.check_group_choices(["experiment=table5", "model=x"])
+        cli.check_group_choices(cli.CONF, cli.GROUPS, ["optimisation=flash"])
+    cli.check_group_choices(cli.CONF, cli.GROUPS, ["experiment=table5", "model=x"])
 
 
 def test_several_experiments_run_as_one_multirun_each():

@@ -10,23 +10,16 @@ Pure pandas: no torch, no Hydra.
 
 from __future__ import annotations
 
-import math
 
 import pandas as pd
+
+from lorafa.results import plain
 
 GIB = 2**30
 METHOD_LABELS = {"full_ft": "Full-FT", "lora": "LoRA", "lora_fa": "LoRA-FA", "peft_lora": "PEFT LoRA",
                  "peft_lora_frozen_a": "PEFT LoRA, A frozen"}
 
 
-def _clean(value):
-    if value is None or value is pd.NA:
-        return None
-    if hasattr(value, "item"):
-        value = value.item()
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    return value
 
 
 INT_FIELDS = ("r", "batch_size", "seq_len")
@@ -35,7 +28,7 @@ INT_FIELDS = ("r", "batch_size", "seq_len")
 def _as_dicts(records) -> list[dict]:
     """Records (RunRecords, dicts or load_records' frame) as plain dicts; integer fields as int."""
     if isinstance(records, pd.DataFrame):
-        rows = [{k: _clean(v) if not isinstance(v, (dict, list)) else v for k, v in row.items()}
+        rows = [{k: plain(v) if not isinstance(v, (dict, list)) else v for k, v in row.items()}
                 for row in records.to_dict("records")]
     else:
         rows = [r.to_dict() if hasattr(r, "to_dict") else dict(r) for r in records]
@@ -47,7 +40,7 @@ def _as_dicts(records) -> list[dict]:
 
 
 def gib(nbytes) -> float | None:
-    nbytes = _clean(nbytes)
+    nbytes = plain(nbytes)
     return None if nbytes is None else nbytes / GIB
 
 
@@ -82,7 +75,7 @@ def summary_markdown(records) -> str:
     """One row per record: the point, its peak and activations (GiB), status and source."""
     rows = []
     for r in _as_dicts(records):
-        step = _clean(r.get("step_time_s"))
+        step = plain(r.get("step_time_s"))
         rows.append([r.get("experiment"), r.get("model"), r.get("method"), r.get("batch_size"), r.get("seq_len"),
                      "-" if r.get("r") is None else r.get("r"), options_label(r.get("options"), r.get("method")),
                      fmt(gib(r.get("peak_memory_bytes"))), fmt(gib(r.get("activation_bytes"))),

@@ -12,16 +12,14 @@ simulated "oom" is a result too and is reused like an "ok" one.
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
 import os
 import socket
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from lorafa.paths import REPO_ROOT
-from lorafa.results import RECORD_NAME, RunRecord, config_hash, find_finished, load_records, read_record, write_record
+from lorafa.results import (RECORD_NAME, RunRecord, config_hash, find_finished, git_commit, load_records, read_record,
+                            utc_now, write_record)
 
 BACKENDS = ("simulate", "cuda")
 METHODS = ("full_ft", "lora", "lora_fa", "peft_lora", "peft_lora_frozen_a")
@@ -146,16 +144,8 @@ def find_done(root: str | os.PathLike, digest: str) -> RunRecord | None:
     return None
 
 
-def _git_commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True,
-                              text=True, timeout=5).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
-def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def run_point(point: MemoryPoint, root: str | os.PathLike, force: bool = False) -> tuple[RunRecord, bool]:
@@ -171,9 +161,9 @@ def run_point(point: MemoryPoint, root: str | os.PathLike, force: bool = False) 
             return done, True
     from lorafa.memory.measure import measure_peak_memory
 
-    started, t0 = _now(), time.perf_counter()
+    started, t0 = utc_now(), time.perf_counter()
     common = dict(run_id=point.run_id, experiment=point.experiment, scale=point.scale, config_hash=digest,
-                  git_commit=_git_commit(), started_at=started)
+                  git_commit=git_commit(), started_at=started)
     if point.backend == "simulate":
         device = f"simulated (fake tensors) on cpu@{socket.gethostname()}"
     else:
@@ -196,8 +186,8 @@ def run_point(point: MemoryPoint, root: str | os.PathLike, force: bool = False) 
                            options={"attn_implementation": point.attn_implementation, "backend": point.backend,
                                     "dropout": point.dropout, "num_adapted_layers": point.num_adapted_layers,
                                     "gradient_checkpointing": point.gradient_checkpointing},
-                           wall_s=time.perf_counter() - t0, finished_at=_now())
+                           wall_s=time.perf_counter() - t0, finished_at=utc_now())
     else:
-        record = res.to_record(**common, device=device, wall_s=time.perf_counter() - t0, finished_at=_now())
+        record = res.to_record(**common, device=device, wall_s=time.perf_counter() - t0, finished_at=utc_now())
     write_record(record, root)
     return record, False
