@@ -34,7 +34,7 @@ demo: venv
 	HF_HUB_OFFLINE=1 WANDB_MODE=offline $(PY) experiments/demo.py
 
 bench-layer: venv
-	$(PY) benchmarks/bench_layer.py
+	$(PY) benchmarks/bench_layer.py --threads 1 --reps 12
 
 base-models: venv
 	$(PY) experiments/train_tokenizer.py

@@ -84,8 +84,11 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--reps", type=int, default=15)
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--out", type=Path, default=results_dir() / "bench" / "layer.csv")
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
     esize = torch.finfo(dtype).bits // 8
@@ -102,7 +105,8 @@ def main(argv=None) -> list[dict]:
         times = time_steps(models, x, args.reps, sync)
         for m in METHODS:
             rows.append({"d": d, "r": r, "dropout": p, "method": m, "batch": args.batch, "seq": args.seq,
-                         "dtype": args.dtype, "device": device.type, "saved_bytes": saved[m],
+                         "dtype": args.dtype, "device": device.type, "threads": torch.get_num_threads(),
+                         "saved_bytes": saved[m],
                          "bsr_bytes": args.batch * args.seq * r * esize,
                          "bsd_bytes": args.batch * args.seq * d * esize,
                          "step_ms": round(times[m] * 1e3, 3),
