@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 NAMES = ("tiny-roberta", "tiny-t5", "tiny-llama")
 # Per-model defaults (lr, batch); all use 128-token blocks.
-DEFAULTS = {"tiny-roberta": {"lr": 1e-3, "batch_size": 32},
+DEFAULTS = {"tiny-roberta": {"lr": 2e-3, "batch_size": 16},
             "tiny-t5": {"lr": 1e-3, "batch_size": 32},
             "tiny-llama": {"lr": 1e-3, "batch_size": 16}}
 HELD_OUT_FRACTION = 0.1
