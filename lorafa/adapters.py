@@ -82,22 +82,30 @@ def keep_mask(shape, keep: float, device: torch.device, seed: int) -> torch.Tens
 
 
 class LoRAFAFunction(torch.autograd.Function):
-    """out = base_out + scaling · dropout(x) · Aᵀ · Bᵀ, keeping only x·Aᵀ for backward.
+    """out = base + scaling · dropout(x) · Aᵀ · Bᵀ, keeping only x·Aᵀ for backward.
 
     Written by hand because autograd cannot be told to drop the dropout mask and recompute
     it. The mask is regenerated from `seed` in backward; the 1/keep factor of inverted
     dropout is folded into the scalar, so the mask itself is pure 0/1 and x·Aᵀ is saved
     without it. A must be frozen: dA would need x, which is exactly what is not kept.
 
-    Shapes: x (..., d_in), base_out (..., d_out), lora_a (r, d_in), lora_b (d_out, r).
-    Returns dx (through A only; the base layer's own dx flows through base_out), the
-    incoming gradient for base_out unchanged, and dB.
+    The base output comes in one of two ways. `base_out` given: any base layer ran
+    already, its own backward yields its part of dx, and this function returns the adapter's
+    part. `weight` (and `bias`) given instead, for a frozen nn.Linear: the base product runs
+    here too, and backward writes the adapter's part of dx into the base's dx in place (one
+    addmm with dropout 0), sparing autograd a b×s×d_in buffer and a pass to add the two.
+
+    Shapes: x (..., d_in), base_out (..., d_out), weight (d_out, d_in), lora_a (r, d_in),
+    lora_b (d_out, r).
     """
 
     @staticmethod
-    def forward(ctx, x, base_out, lora_a, lora_b, scaling: float, dropout: float, seed, compute_dtype):
+    def forward(ctx, x, base_out, weight, bias, lora_a, lora_b, scaling: float, dropout: float, seed,
+                compute_dtype):
         if lora_a.requires_grad:
             raise RuntimeError("LoRA-FA needs A frozen (requires_grad=False): dA would need the input x, which it does not keep")
+        if base_out is None:
+            base_out = F.linear(x, weight, bias)  # under autocast exactly as the base layer would run
         keep = effective_keep(dropout)
         scale = scaling / keep if seed is not None else scaling
         xc = x.to(compute_dtype)
@@ -113,28 +121,40 @@ class LoRAFAFunction(torch.autograd.Function):
             out = out.view(base_out.shape)
         else:
             out = base_out + (F.linear(xa, b) * scale).to(base_out.dtype)
-        ctx.save_for_backward(xa, lora_a, lora_b)
+        ctx.save_for_backward(xa, weight, lora_a, lora_b)
         ctx.scale, ctx.keep, ctx.seed = scale, keep, seed
-        ctx.compute_dtype, ctx.x_dtype, ctx.x_shape = compute_dtype, x.dtype, x.shape
+        ctx.compute_dtype, ctx.base_dtype, ctx.x_dtype, ctx.x_shape = compute_dtype, base_out.dtype, x.dtype, x.shape
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        xa, lora_a, lora_b = ctx.saved_tensors
+        xa, weight, lora_a, lora_b = ctx.saved_tensors
         cd = ctx.compute_dtype
-        g = grad_out.reshape(-1, grad_out.shape[-1]).to(cd)
-        xa2 = xa.reshape(-1, xa.shape[-1])
+        g = grad_out.reshape(-1, grad_out.shape[-1])
+        gc = g.to(cd)
         grad_x = grad_b = None
-        if ctx.needs_input_grad[3]:
-            grad_b = torch.mm(g.t(), xa2).mul_(ctx.scale).to(lora_b.dtype)
+        if ctx.needs_input_grad[5]:
+            grad_b = torch.mm(gc.t(), xa.reshape(-1, xa.shape[-1])).mul_(ctx.scale).to(lora_b.dtype)
         if ctx.needs_input_grad[0]:
-            dxa = torch.mm(g, lora_b.to(cd)).mul_(ctx.scale)  # scale the r-wide tensor, not the d_in-wide one
-            dx = torch.mm(dxa, lora_a.to(cd)).view(ctx.x_shape)
-            if ctx.seed is not None:
-                dx.mul_(keep_mask(ctx.x_shape, ctx.keep, dx.device, ctx.seed))
-            grad_x = dx.to(ctx.x_dtype)
+            dxa = torch.mm(gc, lora_b.to(cd)).mul_(ctx.scale)  # scale the r-wide tensor, not the d_in-wide one
+            a = lora_a.to(cd)
+            if weight is None:  # the base layer's backward supplies its own part of dx
+                dx = torch.mm(dxa, a)
+                if ctx.seed is not None:
+                    dx.mul_(keep_mask(dx.shape, ctx.keep, dx.device, ctx.seed))
+            else:
+                bd = ctx.base_dtype
+                dx = torch.mm(g.to(bd), weight.to(bd))
+                if ctx.seed is None and bd == cd:
+                    dx.addmm_(dxa, a)  # accumulate in place: no extra buffer, no extra pass
+                else:
+                    dx_adapter = torch.mm(dxa, a)
+                    if ctx.seed is not None:
+                        dx_adapter.mul_(keep_mask(dx_adapter.shape, ctx.keep, dx.device, ctx.seed))
+                    dx.add_(dx_adapter.to(bd))
+            grad_x = dx.view(ctx.x_shape).to(ctx.x_dtype)
         grad_base = grad_out if ctx.needs_input_grad[1] else None
-        return grad_x, grad_base, None, grad_b, None, None, None, None
+        return grad_x, grad_base, None, None, None, grad_b, None, None, None, None
 
 
 # --------------------------------------------------------------------------- the layer
@@ -224,15 +244,24 @@ class LoraLayer(nn.Module):
             return torch.get_autocast_dtype(device)
         return self.lora_A.weight.dtype
 
+    def _owns_base_product(self, args, kwargs) -> bool:
+        """A frozen plain nn.Linear whose forward nobody wrapped (hooks, accelerate's offload
+        hooks replace `forward`) can run its product inside LoRAFAFunction."""
+        base = self.base_layer
+        return (type(base) is nn.Linear and not args and not kwargs and not base.weight.requires_grad
+                and "forward" not in base.__dict__ and not base._forward_hooks and not base._forward_pre_hooks)
+
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        out = self.base_layer(x, *args, **kwargs)
         if self.merged:
-            return out
+            return self.base_layer(x, *args, **kwargs)
         training_dropout = self.dropout > 0 and self.training
         if self.method == "lora_fa":
             seed = draw_seed() if training_dropout else None
-            return LoRAFAFunction.apply(x, out, self.lora_A.weight, self.lora_B.weight,
-                                        self.scaling, self.dropout, seed, self._compute_dtype(x))
+            adapter = (self.lora_A.weight, self.lora_B.weight, self.scaling, self.dropout, seed, self._compute_dtype(x))
+            if self._owns_base_product(args, kwargs):
+                return LoRAFAFunction.apply(x, None, self.base_layer.weight, self.base_layer.bias, *adapter)
+            return LoRAFAFunction.apply(x, self.base_layer(x, *args, **kwargs), None, None, *adapter)
+        out = self.base_layer(x, *args, **kwargs)
         h = x.to(self._compute_dtype(x))
         if training_dropout:
             h = F.dropout(h, self.dropout, training=True)

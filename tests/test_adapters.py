@@ -55,6 +55,31 @@ def test_lora_fa_gradients_match_plain_autograd(dropout, dtype, tol):
     assert layer.base_layer.weight.grad is None
 
 
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
+@pytest.mark.parametrize("autocast", [False, True])
+def test_fused_linear_path_equals_the_general_path(dropout, autocast):
+    """A frozen nn.Linear base runs inside LoRAFAFunction; a hooked one through the general path."""
+    fused = make_layer(dropout=dropout, dtype=torch.float32)
+    general = make_layer(dropout=dropout, dtype=torch.float32)
+    general.load_state_dict(fused.state_dict())
+    calls = []
+    general.base_layer.register_forward_hook(lambda *a: calls.append(1))
+    assert fused._owns_base_product((), {}) and not general._owns_base_product((), {})
+    x = torch.randn(3, 5, 24)
+    grads = []
+    for layer in (fused, general):
+        xi = x.clone().requires_grad_(True)
+        torch.manual_seed(9)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            y = layer(xi)
+        y.float().pow(2).sum().backward()
+        grads.append((y.detach().float(), xi.grad, layer.lora_B.weight.grad))
+    assert calls == [1]
+    tol = 2e-2 if autocast else 1e-6
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=tol, rtol=tol)
+
+
 def test_dropout_masks_differ_between_steps_and_follow_the_global_seed():
     layer = make_layer(dropout=0.5, dtype=torch.float32)
     x = torch.randn(2, 5, 24)

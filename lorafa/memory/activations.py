@@ -86,8 +86,13 @@ def activation_report(model: nn.Module, **inputs) -> ActivationReport:
             seen[key] = (nbytes, owner, bool(adapter_depth[0]))
         return t
 
+    # No hooks inside adapter layers: what they save is attributed to the adapter anyway, and a
+    # hook on a base layer would make LoraLayer take its general (unfused) path.
+    inside = {id(c) for m in names if isinstance(m, LoraLayer) for c in m.modules() if c is not m}
     handles = []
     for m in names:
+        if id(m) in inside:
+            continue
         handles.append(m.register_forward_pre_hook(pre_hook))
         handles.append(m.register_forward_hook(post_hook, always_call=True))
     try:
