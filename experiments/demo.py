@@ -101,17 +101,32 @@ def build_outputs(scale: str) -> None:
     figures.main(["--scale", scale])
 
 
-def summary(results_root: Path, wall_s: float, counts: dict) -> dict:
+def _headlines(results_root: Path) -> list[str]:
+    """A few numbers worth seeing at once: Table 2's SST-2 and averages, Table 5's LLaMA-7B."""
     import pandas as pd
 
-    lines = [f"\n[demo] done in {wall_s / 60:.1f} min: {counts['trained']} runs trained, "
-             f"{counts['skipped']} already finished, {counts['failed']} failed"]
+    lines = []
     t2 = results_root / "tables" / "table2.csv"
     if t2.is_file():
         df = pd.read_csv(t2)
-        avg = df[df["column"] == "Avg."] if "column" in df else df.iloc[0:0]
-        for _, row in avg.iterrows():
-            lines.append(f"  Table 2 (mini) average, {row.get('method')}: {row.get('ours')}")
+        for column in ("SST-2", "Avg."):
+            rows = df[(df["column"] == column) & df["ours"].notna()]
+            cells = ", ".join(f"{r.method} {r.ours:.1f}" for r in rows.itertuples())
+            lines.append(f"  Table 2 (tiny-roberta) {column}: {cells or 'no runs'}")
+    t5 = results_root / "tables" / "table5.csv"
+    if t5.is_file():
+        df = pd.read_csv(t5)
+        rows = df[df["model"].astype(str).str.startswith("llama")]
+        show = lambda v, note: f"{v:.1f} GB" if pd.notna(v) else str(note)  # noqa: E731
+        cells = ", ".join(f"{r.method} {show(r.ours, r.note)} (paper {show(r.paper, 'OOM')})" for r in rows.itertuples())
+        lines.append(f"  Table 5 (simulated) LLaMA-7B: {cells}")
+    return lines
+
+
+def summary(results_root: Path, wall_s: float, counts: dict) -> dict:
+    lines = [f"\n[demo] done in {wall_s / 60:.1f} min: {counts['trained']} runs trained, "
+             f"{counts['skipped']} already finished, {counts['failed']} failed"]
+    lines += _headlines(results_root)
     lines.append(f"  tables:  {results_root / 'tables'}")
     lines.append(f"  figures: {results_root / 'figures'}")
     print("\n".join(lines))
