@@ -254,10 +254,15 @@ def _history_value(entry: dict, value) -> float | None:
 
 
 def build_fig4(records: pd.DataFrame):
-    runs = _records(records, "fig4")
-    runs = runs[runs["eval_history"].map(lambda h: isinstance(h, list) and bool(h))]
+    # Figure 4's own sweep if it ran; else Table 2's CoLA and SST-2 runs, when they logged
+    # periodic evaluations (the mini scale does, to avoid training the same runs twice).
+    runs = runs_of(records, "fig4")
     if runs.empty:
-        raise NoRecords("no fig4 records with eval_history")
+        runs = runs_of(records, "table2")
+        runs = runs[runs["task"].isin(P.FIG4["tasks"]) & runs["method"].isin(["full_ft", "lora", "lora_fa"])]
+    runs = runs[runs["eval_history"].map(lambda h: isinstance(h, list) and len(h) > 1)]
+    if runs.empty:
+        raise NoRecords("no fig4 (or table2 CoLA/SST-2) records with an evaluation history")
     tasks = sorted(set(runs["task"]), key=lambda t: (t not in P.FIG4["tasks"], t))
     fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4.3), squeeze=False)
     for ax, task in zip(axes[0], tasks):

@@ -356,8 +356,12 @@ def run(spec: RunSpec, force: bool = False, callbacks: list | None = None) -> Ru
         # The failure is recorded (the analysis shows why a cell is empty) and a rerun retries it.
         if rank == 0:
             try:
-                write_record(RunRecord(**common, status="failed",
-                                       error=f"{type(err).__name__}: {err}".splitlines()[0],
+                # A task whose files are not local and whose hub copy is out of reach is a fact
+                # about the machine, and the tables say so in these words.
+                message = f"{type(err).__name__}: {err}".splitlines()[0]
+                if isinstance(err, FileNotFoundError):  # the first line is what a table cell shows
+                    message = f"data unavailable offline\n{message}"
+                write_record(RunRecord(**common, status="failed", error=message,
                                        wall_s=round(time.perf_counter() - t0, 3), finished_at=utc_now()), root)
             except OSError as write_err:  # e.g. the disk filled up meanwhile: keep the original error
                 print(f"[lorafa] could not write the failed record: {write_err}", flush=True)
