@@ -57,6 +57,15 @@ def method_label(method: str) -> str:
     return METHOD_LABELS.get(method, method)
 
 
+TASK_LABELS = {"glue/mrpc": "MRPC", "glue/cola": "CoLA", "glue/qnli": "QNLI", "glue/rte": "RTE",
+               "glue/sst2": "SST-2", "glue/stsb": "STS-B", "glue/mnli": "MNLI", "glue/qqp": "QQP",
+               "wmt16_en_ro": "WMT16 En-Ro", "alpaca": "Alpaca", "flanv2": "FLAN v2", "mmlu": "MMLU"}
+
+
+def task_label(task) -> str:
+    return TASK_LABELS.get(task, str(task)) if task is not None else ""
+
+
 # ---- metric values --------------------------------------------------------------------
 
 def metric(name: str, factor: float = 1.0) -> Callable[[dict], float | None]:

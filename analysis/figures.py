@@ -24,7 +24,7 @@ from matplotlib.patches import Patch  # noqa: E402
 from analysis import paper_values as P  # noqa: E402
 from analysis.common import (  # noqa: E402
     GB, MODEL_TO_PAPER, best_setting, clean, fmt_lr, load, mean_of, method_key, method_label,
-    metric, runs_of, scale_dir,
+    metric, runs_of, scale_dir, task_label,
 )
 
 COLORS = {"full_ft": "tab:gray", "prompt_tuning": "tab:brown", "lora_qv": "tab:purple",
@@ -376,7 +376,8 @@ def build_fig6(records: pd.DataFrame):
     finite = np.concatenate([g[np.isfinite(g)] for g in grids.values()])
     vmin, vmax = (finite.min(), finite.max()) if finite.size else (0, 100)
     fig, axes = plt.subplots(1, len(methods), figsize=(1.2 + 0.75 * len(lrs) * len(methods) + 1.5,
-                                                       1.5 + 0.5 * len(ranks)), squeeze=False)
+                                                       1.9 + 0.5 * len(ranks)), squeeze=False,
+                             layout="constrained")
     cmap = matplotlib.colormaps["viridis"].with_extremes(bad="0.85")
     for ax, method in zip(axes[0], methods):
         grid = grids[method]
@@ -389,11 +390,14 @@ def build_fig6(records: pd.DataFrame):
         ax.set_xticks(range(len(lrs)), [fmt_lr(x) for x in lrs], rotation=45, fontsize=8)
         ax.set_yticks(range(len(ranks)), ranks, fontsize=8)
         ax.set_xlabel("learning rate")
-        ax.set_ylabel("rank r")
+        if ax is axes[0][0]:
+            ax.set_ylabel("rank r")
         ax.set_title(method_label(method), fontsize=10)
-    fig.colorbar(im, ax=axes[0].tolist(), label="MRPC accuracy (%)")
-    fig.suptitle(f"Fig. 6: rank x learning rate ({', '.join(sorted(set(runs['model'])))}; grey = not run, "
-                 "div = diverged)", fontsize=9)
+    tasks = ", ".join(task_label(t) for t in dict.fromkeys(runs["task"].dropna()))
+    fig.colorbar(im, ax=axes[0].tolist(), label=f"{tasks} accuracy (%)")
+    paper_task = "" if set(runs["task"]) <= {P.FIG6["task"]} else f"; the paper's is {task_label(P.FIG6['task'])}"
+    fig.suptitle(f"Fig. 6: rank x learning rate on {tasks} ({', '.join(sorted(set(runs['model'])))}{paper_task})\n"
+                 "grey = not run, div = diverged", fontsize=9)
     return fig
 
 

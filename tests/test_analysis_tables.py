@@ -152,13 +152,29 @@ def test_table6_best_lr_and_converging_range():
                                    mrpc(2e-4, 1, 0.91), mrpc(3e-4, 0, 0.885), mrpc(5e-4, 0, 0.80),
                                    mrpc(9e-4, 0, None, "diverged")))
     assert df.to_csv(index=False) == """\
-model,paper_model,method,init_a,ours,ours_std,n_seeds,lr,r,paper,paper_std,delta,note,lr_range,n_lrs_run,paper_lr_range
-roberta-base,RoBERTa-base,lora_fa,all_one,90.5,0.7071,2,0.0002,8,89.72,0.4,0.78,,"{1e-4, ..., 3e-4}",5,"{1e-4, ..., 9e-4}"
-roberta-base,RoBERTa-base,lora_fa,std_normal,,,,,,88.94,0.6,,not run,,,"{1e-5, ..., 9e-5}"
-roberta-base,RoBERTa-base,lora_fa,kaiming_uniform,,,,,,90.0,0.4,,not run,,,"{1e-5, ..., 9e-5}"
+model,paper_model,method,task,init_a,ours,ours_std,n_seeds,lr,r,paper,paper_std,delta,note,lr_range,n_lrs_run,paper_lr_range
+roberta-base,RoBERTa-base,lora_fa,glue/mrpc,all_one,90.5,0.7071,2,0.0002,8,89.72,0.4,0.78,,"{1e-4, ..., 3e-4}",5,"{1e-4, ..., 9e-4}"
+roberta-base,RoBERTa-base,lora_fa,glue/mrpc,std_normal,,,,,,88.94,0.6,,not run,,,"{1e-5, ..., 9e-5}"
+roberta-base,RoBERTa-base,lora_fa,glue/mrpc,kaiming_uniform,,,,,,90.0,0.4,,not run,,,"{1e-5, ..., 9e-5}"
 """
-    assert "| roberta-base | LoRA-FA | All-one | {1e-4, ..., 3e-4} | 2e-4 | 90.50 ± 0.71 |" in \
-        tables.markdown_table("table6", df)
+    text = tables.markdown_table("table6", df)
+    assert "| roberta-base | MRPC | LoRA-FA | All-one | {1e-4, ..., 3e-4} | 2e-4 | 90.50 ± 0.71 |" in text
+    assert "hence no delta" not in text
+
+
+def test_table6_on_another_task_keeps_the_paper_beside_it_without_delta():
+    def sst2(lr, acc, init):
+        return run(experiment="table6", model="tiny-roberta", task="glue/sst2", method="lora_fa", r=8, alpha=32,
+                   lr=lr, seed=0, init_a=init, metrics={"accuracy": acc})
+    df = tables.build_table6(frame(sst2(5e-4, 0.58, "all_one"), sst2(2e-3, 0.61, "all_one"),
+                                   sst2(2e-3, 0.60, "kaiming_uniform")))
+    rows = df.set_index("init_a")
+    assert set(df.task) == {"glue/sst2"}
+    assert (rows.loc["all_one", "ours"], rows.loc["all_one", "lr"], rows.loc["all_one", "paper"]) == (61.0, 2e-3, 89.72)
+    assert df.delta.isna().all() and rows.loc["std_normal", "note"] == "not run"
+    text = tables.markdown_table("table6", df)
+    assert "| tiny-roberta | SST-2 | LoRA-FA | All-one |" in text
+    assert "The paper's column is MRPC; ours is SST-2" in text
 
 
 def test_table7_alpha_rows():

@@ -57,3 +57,13 @@ def test_alpha_follows_rank_unless_swept():
     assert cfg.method.adapter.r == 16 and cfg.method.adapter.alpha == 64
     cfg = compose_experiment("table7", "lora_alpha=2")
     assert cfg.method.adapter.r == 8 and cfg.method.adapter.alpha == 2
+
+
+@pytest.mark.parametrize("name", ["mini/table6", "mini/table7", "mini/fig6"])
+def test_mini_sensitivity_sweeps_run_on_sst2_with_their_own_subsample(name, tmp_path):
+    # MRPC stays at its majority class at mini scale, so these grids run on SST-2, on fewer
+    # examples than Table 2's SST-2 (the by_task entry of the experiment wins over the scale's).
+    spec = run_cli.to_spec(compose_experiment(name, f"results_dir={tmp_path}"))
+    assert spec.task == "glue/sst2" and spec.data.max_train_samples == 2000
+    table2 = run_cli.to_spec(compose_experiment("mini/table2", f"results_dir={tmp_path}", "task=glue/sst2"))
+    assert table2.data.max_train_samples == 4000
