@@ -249,6 +249,41 @@ def evaluate(model, objective: Objective, blocks: torch.Tensor, batch_size: int 
     return total / max(count, 1)
 
 
+def shuffle_context(inputs: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None = None):
+    """``inputs`` with the unlabelled positions of each row permuted among themselves.
+
+    The labelled (masked) positions keep their place and content, so a model's MLM loss on the
+    result differs from the loss on ``inputs`` only through the word order of the context.
+    """
+    out = inputs.clone()
+    for row in range(len(out)):
+        idx = (labels[row] == -100).nonzero().squeeze(1)
+        out[row, idx] = out[row, idx[torch.randperm(len(idx), generator=generator)]]
+    return out
+
+
+@torch.no_grad()
+def word_order_check(model, tokenizer, blocks: torch.Tensor, batch_size: int = 32, seed: int = 1234) -> dict:
+    """MLM loss on ``blocks`` as they are and with the unmasked context shuffled (same masks).
+
+    Equal losses mean the encoder uses its context as a bag of words; a model that reads word
+    order does worse on the shuffled text.
+    """
+    was_training = model.training
+    model.eval()
+    gen = torch.Generator().manual_seed(seed)
+    totals = {"loss": 0.0, "shuffled_context_loss": 0.0}
+    for start in range(0, len(blocks), batch_size):
+        batch = blocks[start:start + batch_size]
+        inputs, labels = mask_tokens(batch, mask_id=tokenizer.mask_token_id, vocab_size=len(tokenizer),
+                                     special_ids=tokenizer.all_special_ids, generator=gen)
+        totals["loss"] += mlm_loss(model, inputs, labels).item() * len(batch)
+        shuffled = shuffle_context(inputs, labels, gen)
+        totals["shuffled_context_loss"] += mlm_loss(model, shuffled, labels).item() * len(batch)
+    model.train(was_training)
+    return {k: v / max(len(blocks), 1) for k, v in totals.items()}
+
+
 # ----------------------------------------------------------------------------- training loop
 
 

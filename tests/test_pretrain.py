@@ -14,7 +14,8 @@ from transformers import (AutoTokenizer, LlamaConfig, LlamaForCausalLM, RobertaC
 
 from lorafa.paths import REPO_ROOT
 from lorafa.pretrain import (Objective, PretrainConfig, add_sentinels, clm_batch, evaluate, mask_tokens,
-                             pack_blocks, pretrain, span_batch, span_corrupt, span_shape, span_uncorrupt)
+                             pack_blocks, pretrain, shuffle_context, span_batch, span_corrupt, span_shape,
+                             span_uncorrupt, word_order_check)
 
 BPE = REPO_ROOT / "models" / "tiny-bpe"
 NAMES = ("tiny-roberta", "tiny-t5", "tiny-llama")
@@ -186,3 +187,29 @@ def test_committed_checkpoint_loads_through_lorafa(name, family, task_family):
         else:
             out = model(**batch)
             assert out.logits.shape[0] == 2 and torch.isfinite(out.logits).all()
+
+
+def test_shuffle_context_moves_only_the_unlabelled_tokens():
+    inputs = torch.arange(40).reshape(2, 20)
+    labels = torch.full_like(inputs, -100)
+    labels[:, [3, 11]] = 7
+    out = shuffle_context(inputs, labels, torch.Generator().manual_seed(0))
+    assert torch.equal(out[:, [3, 11]], inputs[:, [3, 11]]) and not torch.equal(out, inputs)
+    assert [sorted(r) for r in out.tolist()] == [sorted(r) for r in inputs.tolist()]  # each row keeps its tokens
+
+
+def test_word_order_check_separates_bag_of_words_from_order(tokenizer):
+    # Without position embeddings a transformer encoder is permutation-equivariant, so the loss
+    # at the masked positions cannot see the order of the rest; with them it can.
+    blocks = blocks_for(tokenizer, "mlm")
+    torch.manual_seed(0)  # large random weights: logits far from uniform, so the loss shows the context
+    model = RobertaForMaskedLM(RobertaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1,
+                                             num_attention_heads=2, intermediate_size=64, max_position_embeddings=40,
+                                             hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+                                             initializer_range=0.5))
+    ordered = word_order_check(model, tokenizer, blocks)
+    assert abs(ordered["loss"] - ordered["shuffled_context_loss"]) > 1e-3
+    with torch.no_grad():
+        model.roberta.embeddings.position_embeddings.weight.zero_()
+    bag = word_order_check(model, tokenizer, blocks)
+    assert bag["loss"] == pytest.approx(bag["shuffled_context_loss"], abs=1e-5)
