@@ -36,22 +36,6 @@ GROUPS = ("task", "method", "model", "trainer", "logger", "scale", "experiment")
 
 
 
-def _model_config(cfg: DictConfig) -> dict:
-    """The run's model: model=NAME if given, else the task's paper model; the scale maps it."""
-    if cfg.get("model") is not None:
-        chosen = OmegaConf.to_container(cfg.model, resolve=True)
-        name = chosen["name"]
-    else:
-        name, chosen = cfg.get("model_name") or cfg.task.model, None
-    mapped = cfg.scale.models.get(name, name)
-    if chosen is None or mapped != name:
-        path = CONF / "model" / f"{mapped}.yaml"
-        if not path.is_file():
-            raise ValueError(f"model={mapped!r} is unknown; available: {', '.join(group_names(CONF, 'model'))}")
-        chosen = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
-    return chosen
-
-
 def _check_keys(section: str, given: dict, allowed) -> None:
     unknown = sorted(set(given) - set(allowed))
     if unknown:
@@ -63,7 +47,7 @@ def to_spec(cfg: DictConfig) -> RunSpec:
     import dataclasses
 
     c = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
-    model = _model_config(cfg)
+    model = c["model"]
     if c.get("model_dtype"):
         model["dtype"] = c["model_dtype"]
     model_fields = {f.name for f in dataclasses.fields(ModelSpec)}
