@@ -12,8 +12,8 @@ Each point is one lorafa.memory.measure_peak_memory call and one run record (mem
 experiment config's experiment_name (table5, fig2a, ...) as the record's `experiment`, which
 is what analysis/ reads. A point whose record exists (status ok, or a simulated oom) is reused
 unless force=true. Every job prints one line; a multirun ends with a table of its points.
-The whole config is validated and turned into a lorafa.memory.sweep.MemoryPoint before any
-model is built; the library never sees Hydra.
+The whole config is validated and turned into a lorafa.memory.point.MemoryPoint before any
+model is built (the model spec is the composed conf/model entry); the library never sees Hydra.
 """
 
 from __future__ import annotations
@@ -29,12 +29,13 @@ from omegaconf import DictConfig, OmegaConf
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from lorafa.memory.sweep import MemoryPoint, run_point  # noqa: E402
+from lorafa.memory.measure import run_point  # noqa: E402
+from lorafa.memory.point import MemoryPoint  # noqa: E402
 from lorafa.paths import results_dir  # noqa: E402
 from config_groups import check_group_choices  # noqa: E402
 
 CONF = ROOT / "conf" / "memory"
-GROUPS = ("experiment", "optimisation")
+GROUPS = ("experiment", "optimisation", "model")
 RUNNER_KEYS = ("experiment_name", "results_dir", "force")  # the rest of the config is the MemoryPoint
 IGNORED_KEYS = ("per_model",)  # table5's lookup table, already interpolated into the point's keys
 _DONE: list = []  # (record, reused) of every job of this process, for the closing table

@@ -56,7 +56,7 @@ def build(name: str, seed: int = 0, dropout: float | None = 0.0):
     from lorafa.pretrain import OBJECTIVES, Objective, add_sentinels
 
     spec = model_spec(name)
-    spec.validate()
+    spec.check_files()
     restore = {k: v for k, v in spec.arch.items() if "dropout" in k and isinstance(v, (int, float))}
     if dropout is not None:
         spec.arch.update({k: dropout for k in restore})

@@ -20,60 +20,46 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from lorafa.config import AdapterConfig  # noqa: E402
-from lorafa.experiment import EXIT_PREEMPTED, DataSpec, MethodSpec, RunSpec, run  # noqa: E402
 from lorafa.models import ModelSpec  # noqa: E402
 from lorafa.paths import results_dir  # noqa: E402
-from config_groups import check_group_choices, group_names  # noqa: E402
+from lorafa.recipe import EXIT_PREEMPTED, run  # noqa: E402
+from lorafa.spec import MethodSpec, RunSpec  # noqa: E402
+from lorafa.tasks.data import DataSpec  # noqa: E402
 from lorafa.training import TrainingInterrupted, TrainSettings  # noqa: E402
+from lorafa.validation import require_known_keys  # noqa: E402
+from config_groups import check_group_choices  # noqa: E402
 
 CONF = ROOT / "conf"
 OmegaConf.register_new_resolver("mul", lambda a, b: a * b, replace=True)
-
-
-
 GROUPS = ("task", "method", "model", "trainer", "logger", "scale", "experiment")
 
 
-
-
-def _check_keys(section: str, given: dict, allowed) -> None:
-    unknown = sorted(set(given) - set(allowed))
-    if unknown:
-        raise ValueError(f"{section}: unknown keys {unknown}; allowed: {', '.join(sorted(allowed))}")
-
-
 def to_spec(cfg: DictConfig) -> RunSpec:
-    """The Hydra config as plain lorafa objects, every field checked."""
-    import dataclasses
-
+    """The Hydra config as plain lorafa objects, every field checked (each class checks its own)."""
     c = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
-    model = c["model"]
-    if c.get("model_dtype"):
-        model["dtype"] = c["model_dtype"]
-    model_fields = {f.name for f in dataclasses.fields(ModelSpec)}
+    model = dict(c["model"], **({"dtype": c["model_dtype"]} if c.get("model_dtype") else {}))
     method = c["method"]
-    adapter = AdapterConfig(**method["adapter"]) if method.get("adapter") else None
     trainer = dict(c["trainer"], seed=c["seed"])
-    _check_keys("trainer", trainer, {f.name for f in dataclasses.fields(TrainSettings)})
-    c["data"].update(c["data"].pop("by_task", {}).get(c["task"]["name"], {}))
-    _check_keys("data", c["data"], {f.name for f in dataclasses.fields(DataSpec)})
-    if not c["data"].get("eval_splits"):  # the task config may name its evaluation split(s)
-        c["data"]["eval_splits"] = c["task"].get("eval_splits")
-    spec = RunSpec(
-        model=ModelSpec(**{k: v for k, v in model.items() if k in model_fields}),
+    require_known_keys("trainer", trainer, TrainSettings.__dataclass_fields__)
+    data = dict(c["data"])
+    data.update(data.pop("by_task", {}).get(c["task"]["name"], {}))  # the scale's per-task settings
+    require_known_keys("data", data, DataSpec.__dataclass_fields__)
+    if not data.get("eval_splits"):  # the task config may name its evaluation split(s)
+        data["eval_splits"] = c["task"].get("eval_splits")
+    return RunSpec(
+        model=ModelSpec.from_dict(model),
         task=c["task"]["name"],
-        method=MethodSpec(name=method["name"], kind=method.get("kind", "adapter"), adapter=adapter,
+        method=MethodSpec(name=method["name"], kind=method.get("kind", "adapter"),
+                          adapter=AdapterConfig(**method["adapter"]) if method.get("adapter") else None,
                           num_virtual_tokens=method.get("num_virtual_tokens", 20)),
         trainer=TrainSettings(**trainer),
-        data=DataSpec(**c["data"]),
+        data=DataSpec(**data),
         experiment=c["experiment_name"],
         scale=c["scale"]["name"],
         results_root=c["results_dir"] or str(results_dir() / c["scale"]["name"]),
         logger=c["logger"]["name"],
         wandb_project=c["logger"].get("project", "lorafa"),
     )
-    spec.validate()
-    return spec
 
 
 def _export_slurm_ranks() -> None:

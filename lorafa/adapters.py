@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch._subclasses.fake_tensor import unset_fake_temporarily
 
-from lorafa.config import AdapterConfig
+from lorafa.config import INITS, AdapterConfig
+from lorafa.validation import fail
 
 _AUTOCAST_DEVICES = ("cpu", "cuda", "xpu", "mps", "hpu")
 
@@ -40,7 +41,7 @@ def init_lora_a(weight: torch.Tensor, kind: str) -> None:
             nn.init.orthogonal_(w)
             weight.copy_(w)
         else:
-            raise ValueError(f"init_a={kind!r} is invalid; allowed: kaiming_uniform, std_normal, all_one, orthogonal")
+            fail("init_a", kind, ", ".join(INITS))
 
 
 # --------------------------------------------------------------------------- the LoRA-FA function

@@ -6,6 +6,8 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Sequence
 
+from lorafa.validation import fail, is_number, require, require_choice
+
 METHODS = ("full_ft", "lora", "lora_fa")
 INITS = ("kaiming_uniform", "std_normal", "all_one", "orthogonal")
 TARGET_PRESETS = ("all-linear", "qv")
@@ -13,7 +15,7 @@ ADAPTER_DTYPES = ("float32", "bfloat16", "float16", "float64", "auto")
 
 
 def _fail(field_name: str, value, allowed: str) -> None:
-    raise ValueError(f"AdapterConfig.{field_name}={value!r} is invalid; allowed: {allowed}")
+    fail(f"AdapterConfig.{field_name}", value, allowed)
 
 
 @dataclass
@@ -49,20 +51,14 @@ class AdapterConfig:
     exclude_modules: Sequence[str] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            _fail("method", self.method, ", ".join(METHODS))
-        if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r <= 0:
-            _fail("r", self.r, "an integer > 0")
-        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) \
-                or not math.isfinite(self.alpha) or self.alpha <= 0:
-            _fail("alpha", self.alpha, "a finite number > 0")
-        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) \
-                or not 0.0 <= self.dropout < 1.0:
-            _fail("dropout", self.dropout, "a number in [0, 1)")
-        if self.init_a not in INITS:
-            _fail("init_a", self.init_a, ", ".join(INITS))
-        if self.adapter_dtype not in ADAPTER_DTYPES:
-            _fail("adapter_dtype", self.adapter_dtype, ", ".join(ADAPTER_DTYPES))
+        require_choice("AdapterConfig.method", self.method, METHODS)
+        require(not isinstance(self.r, bool) and isinstance(self.r, int) and self.r > 0, "AdapterConfig.r", self.r,
+                "an integer > 0")
+        require(is_number(self.alpha) and self.alpha > 0, "AdapterConfig.alpha", self.alpha, "a finite number > 0")
+        require(is_number(self.dropout) and 0.0 <= self.dropout < 1.0, "AdapterConfig.dropout", self.dropout,
+                "a number in [0, 1)")
+        require_choice("AdapterConfig.init_a", self.init_a, INITS)
+        require_choice("AdapterConfig.adapter_dtype", self.adapter_dtype, ADAPTER_DTYPES)
         if isinstance(self.target_modules, str):
             if self.target_modules not in TARGET_PRESETS:
                 _fail("target_modules", self.target_modules,

@@ -16,8 +16,6 @@ This module imports only the standard library and pandas (no torch, no Hydra).
 from __future__ import annotations
 
 import dataclasses
-import datetime as dt
-import subprocess
 import fcntl
 import hashlib
 import json
@@ -40,13 +38,20 @@ RECORD_NAME = "record.json"
 
 @dataclass
 class RunRecord:
-    """One training, evaluation or memory run. Fields follow DESIGN.md, plus:
+    """One training, evaluation or memory run (docs/DESIGN.md, "Run record").
 
     scale: "paper" | "mini" | ...; eval_history: [{"step", "epoch", <metric>: value, ...}]
     from periodic evaluation; memory_breakdown: bytes per BREAKDOWN_KEYS; options: free-form
     run settings (attn_implementation, gradient_checkpointing, quantization, zero_shards,
     num_adapted_layers, dropout, ...); error: message when status != "ok".
     Metric values are fractions in [0, 1] (accuracy, mcc, pearson) or 0-100 (bleu, rougeL).
+
+    Provenance, so that a number can be traced to how it was made: config is the resolved
+    configuration as plain data (config_hash == config_hash(config)); versions: python, torch,
+    transformers, peft, lorafa; weights: where the model's weights came from
+    (lorafa.models.weights_identity); git_commit and git_dirty (uncommitted changes to
+    tracked files outside results/). Records written before these fields existed read them
+    as None.
     """
 
     run_id: str
@@ -77,6 +82,10 @@ class RunRecord:
     options: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
     git_commit: str | None = None
+    git_dirty: bool | None = None
+    config: dict[str, Any] | None = None
+    versions: dict[str, str | None] | None = None
+    weights: dict[str, Any] | None = None
     device: str | None = None
     started_at: str | None = None
     finished_at: str | None = None
@@ -255,16 +264,17 @@ def read_record(path: str | os.PathLike) -> RunRecord:
         raise ValueError(f"{path}: corrupt record ({e})") from e
 
 
-def find_finished(root: str | os.PathLike, config_hash: str) -> RunRecord | None:
-    """The latest finished (status "ok") run with this config hash, or None.
+def find_finished(root: str | os.PathLike, config_hash: str, statuses: tuple[str, ...] = ("ok",)) -> RunRecord | None:
+    """The latest finished run with this config hash, or None.
 
-    Candidates come from runs.jsonl; a candidate counts only if its record.json exists,
-    parses, and itself says status "ok" with the same hash, so a run whose record was
-    corrupted or never completed is run again.
+    statuses: what counts as finished ("ok"; a simulated "oom" is a result too). Candidates
+    come from runs.jsonl; a candidate counts only if its record.json exists, parses, and
+    itself says such a status with the same hash, so a run whose record was corrupted or
+    never completed is run again.
     """
     root = Path(root)
     for data in reversed(_read_index(root)):
-        if data.get("config_hash") != config_hash or data.get("status") != "ok":
+        if data.get("config_hash") != config_hash or data.get("status") not in statuses:
             continue
         path = root / "runs" / data["run_id"] / RECORD_NAME
         if not path.exists():
@@ -274,24 +284,9 @@ def find_finished(root: str | os.PathLike, config_hash: str) -> RunRecord | None
         except ValueError as e:
             warnings.warn(f"{e}; not counted as finished", stacklevel=2)
             continue
-        if record.status == "ok" and record.config_hash == config_hash:
+        if record.status in statuses and record.config_hash == config_hash:
             return record
     return None
-
-
-# ----------------------------------------------------------------------------- provenance
-
-def git_commit() -> str | None:
-    """The repository's short commit, for the record's git_commit (None outside a checkout)."""
-    try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).resolve().parent,
-                              capture_output=True, text=True, timeout=5).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def utc_now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def plain(value):

@@ -14,7 +14,7 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-from lorafa.experiment import run
+from lorafa.recipe import run
 from tests.test_pipeline import ROOT, spec_for
 
 # Model dropout off, so that one process and two see the same function; only the adapter's varies.
@@ -49,7 +49,7 @@ sys.path.insert(0, {root!r})
 from hydra import compose, initialize_config_dir
 import tests.test_distributed as td
 from tests.test_pipeline import spec_for
-from lorafa.experiment import run
+from lorafa.recipe import run
 out = Path({out!r})
 for name, overrides in json.loads({runs!r}).items():
     spec, _ = spec_for(out / "results", overrides)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from transformers import TrainerCallback
 
-import lorafa.experiment as experiment
+import lorafa.recipe as experiment
 from lorafa.results import load_records, read_record
 from lorafa.training import TrainingInterrupted
 from tests.test_pipeline import FAST, ROOT, TINY, spec_for
@@ -121,7 +121,7 @@ def test_unwritable_results_directory_is_reported_before_any_model_is_built(tmp_
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
     spec, _ = spec_for(blocker / "results", BASE)
-    monkeypatch.setattr(experiment, "build_model", _no_model)
+    monkeypatch.setattr(experiment.FinetuneRecipe, "setup_model", _no_model)
     with pytest.raises(ValueError, match=r"results directory .*a-file/results is not writable"):
         experiment.run(spec)
 
@@ -129,7 +129,7 @@ def test_unwritable_results_directory_is_reported_before_any_model_is_built(tmp_
 def test_full_disk_is_reported_before_training(tmp_path, monkeypatch):
     Usage = collections.namedtuple("Usage", "total used free")
     spec, _ = spec_for(tmp_path, BASE)
-    monkeypatch.setattr(experiment, "build_model", _no_model)
+    monkeypatch.setattr(experiment.FinetuneRecipe, "setup_model", _no_model)
     monkeypatch.setattr(experiment.shutil, "disk_usage", lambda path: Usage(10 * 2**30, 10 * 2**30 - 2**20, 2**20))
     with pytest.raises(ValueError, match=r"has 1\.0 MiB free; a run's record and logs needs about 64\.0 MiB"):
         experiment.run(spec)

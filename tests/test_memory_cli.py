@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from lorafa.memory.sweep import MemoryPoint
-from lorafa.results import load_records
+from lorafa.memory.point import MemoryPoint
+from lorafa.results import config_hash, load_records
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "conf" / "memory"
@@ -66,12 +66,12 @@ def test_experiment_group_is_exactly_the_sweeps():
 @pytest.mark.parametrize("name", sorted(SWEEPS))
 def test_every_sweep_point_composes_and_validates(name):
     points = _points(name)
-    assert len(points) == SWEEPS[name] == len({p.digest for p in points})
+    assert len(points) == SWEEPS[name] == len({config_hash(p.config()) for p in points})
     assert {p.experiment for p in points} == {name} and {p.backend for p in points} == {"simulate"}
 
 
 def test_sweeps_follow_the_paper_and_the_issue():
-    t5 = {(p.model, p.method): p for p in _points("table5")}
+    t5 = {(p.model.name, p.method): p for p in _points("table5")}
     cells = {m: (p.batch_size, p.seq_len, p.r, p.attn_implementation) for (m, meth), p in t5.items() if meth == "lora"}
     assert cells == {"roberta-base": (64, 128, 8, "eager"), "roberta-large": (32, 128, 8, "eager"),
                      "t5-small": (128, 128, 8, "eager"), "t5-base": (64, 128, 8, "eager"),
@@ -81,10 +81,10 @@ def test_sweeps_follow_the_paper_and_the_issue():
         ("eager", None, 1), ("sdpa", None, 1), ("eager", "nf4", 1), ("eager", None, 8)}
     assert {p.method for p in fig2a} == {"lora_fa"} and {p.batch_size for p in fig2a} == {1, 2, 4, 8, 16, 32}
     fig2b = _point(["experiment=fig2b", "num_adapted_layers=224", "method=lora"])[0]
-    assert (fig2b.model, fig2b.batch_size, fig2b.capacity_gb) == ("llama2-7b", 8, 40)
+    assert (fig2b.model.name, fig2b.batch_size, fig2b.capacity_gb) == ("llama2-7b", 8, 40)
     fig3 = _point(["experiment=fig3", "method=lora"])[0]
-    assert (fig3.model, fig3.batch_size, fig3.seq_len, fig3.r) == ("llama2-7b", 16, 1024, 64)
-    drop = {(p.method, p.dropout, p.model, p.attn_implementation) for p in _points("llama_dropout")}
+    assert (fig3.model.name, fig3.batch_size, fig3.seq_len, fig3.r) == ("llama2-7b", 16, 1024, 64)
+    drop = {(p.method, p.dropout, p.model.name, p.attn_implementation) for p in _points("llama_dropout")}
     assert {m for m, *_ in drop} == {"lora", "lora_fa", "peft_lora", "peft_lora_frozen_a"}
     assert {(d, m, a) for _, d, m, a in drop} == {(0.0, "llama-7b", "sdpa"), (0.1, "llama-7b", "sdpa")}
 
@@ -96,7 +96,7 @@ def test_results_dir_default_and_override(monkeypatch, tmp_path):
 
 
 @pytest.mark.parametrize("overrides, match", [
-    (["model=llama-8b"], "llama-7b"), (["method=lora-fa"], "allowed: full_ft"), (["backend=tpu"], "allowed: simulate"),
+    (["method=lora-fa"], "allowed: full_ft"), (["backend=tpu"], "allowed: simulate"),
     (["batch_size=0"], "batch_size"), (["method=full_ft", "optimisation=qlora"], "full_ft"),
     (["backend=cuda", "optimisation=zero3"], "simulated only"), (["dropout=1.5"], "dropout")])
 def test_bad_config_names_the_field(overrides, match):
@@ -109,7 +109,9 @@ def test_unknown_group_choice_lists_the_available_ones():
         cli.check_group_choices(cli.CONF, cli.GROUPS, ["-m", "experiment=table5,fig9"])
     with pytest.raises(ValueError, match="flash_attention"):
         cli.check_group_choices(cli.CONF, cli.GROUPS, ["optimisation=flash"])
-    cli.check_group_choices(cli.CONF, cli.GROUPS, ["experiment=table5", "model=x"])
+    with pytest.raises(ValueError, match="llama-7b"):  # the model is a config group (conf/memory/model -> conf/model)
+        cli.check_group_choices(cli.CONF, cli.GROUPS, ["experiment=table5", "model=llama-8b"])
+    cli.check_group_choices(cli.CONF, cli.GROUPS, ["experiment=table5", "model=tiny-llama"])
 
 
 def test_several_experiments_run_as_one_multirun_each():
@@ -136,6 +138,10 @@ def test_multirun_writes_one_record_per_point_and_reuses_them(tmp_path):
     for field in ("model", "method", "batch_size", "seq_len", "r", "peak_memory_bytes", "memory_source"):
         assert df[field].notna().all(), field
     assert set(df["memory_source"]) == {"simulated"} and set(df["status"]) == {"ok"}
+    for rec in df.to_dict("records"):  # provenance: the config it was hashed from, versions, the architecture
+        assert rec["config_hash"] == config_hash(rec["config"]) and rec["config"]["model"] == "tiny-llama"
+        assert rec["versions"]["torch"] and rec["weights"]["source"] == "architecture only"
+        assert rec["weights"]["arch"]["model_type"] == "llama" and isinstance(rec["git_dirty"], bool)
     assert all(set(b) == {"weights", "gradients", "optimizer_states", "activations", "other"}
                for b in df["memory_breakdown"])
     assert "## fig3 (2 points" in out and "| fig2c | tiny-llama | lora_fa |" in out  # the closing table
@@ -154,11 +160,4 @@ def test_multirun_writes_one_record_per_point_and_reuses_them(tmp_path):
     assert table5.startswith("Produced by") and "python experiments/memory.py -m experiment=table5" in table5
     assert "not run" in table5  # no table5 records here
     assert json.loads(json.dumps(MemoryPoint.from_dict({"model": "tiny-llama", "method": "lora", "batch_size": 1,
-                                                        "seq_len": 4}).measure_kwargs()))
-
-
-def test_point_constants_match_the_workload():
-    from lorafa.memory import sweep, workload
-
-    assert sweep.METHODS == workload.METHODS
-    assert sweep.ATTN_IMPLEMENTATIONS == workload.ATTN_IMPLEMENTATIONS and sweep.QUANTIZATIONS == workload.QUANTIZATIONS
+                                                        "seq_len": 4}).config()))

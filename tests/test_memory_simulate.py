@@ -5,6 +5,7 @@ import torch
 
 from lorafa import activation_report
 from lorafa.memory.measure import measure_peak_memory
+from lorafa.memory.point import MemoryPoint
 from lorafa.memory.simulate import simulate_step
 from lorafa.memory.workload import batch_maker, prepare_model
 from lorafa.results import RunRecord
@@ -17,16 +18,18 @@ MiB = 2**20
     ("tiny-roberta", "lora", "sdpa", 0.0), ("tiny-t5", "lora_fa", "eager", 0.1),
     ("tiny-llama", "peft_lora_frozen_a", "sdpa", 0.1), ("tiny-roberta", "peft_lora", "eager", 0.1)])
 def test_simulated_activations_equal_measured_on_cpu(name, method, attn, dropout):
-    kwargs = dict(r=4, dropout=dropout, attn_implementation=attn)
-    make = batch_maker(name, 2, 16)
-    real = prepare_model(name, method, device="cpu", **kwargs).train()
+    point = MemoryPoint(model=name, method=method, batch_size=2, seq_len=16, r=4, dropout=dropout,
+                        attn_implementation=attn)
+    make = batch_maker(point)
+    real = prepare_model(point, device="cpu").train()
     measured = activation_report(real, **make("cpu")).total_bytes
-    simulated = simulate_step(prepare_model(name, method, **kwargs), make, block=1).activation_bytes
+    simulated = simulate_step(prepare_model(point), make, block=1).activation_bytes
     assert simulated == measured > 0
 
 
 def sim(method="lora_fa", **kw):
-    kw = {"model": "tiny-llama", "batch_size": 4, "seq_len": 64, "r": 8, "capacity_bytes": None, **kw}
+    kw = {"model": "tiny-llama", "batch_size": 4, "seq_len": 64, "r": 8, "attn_implementation": "sdpa",
+          "capacity_gb": None, **kw}
     return measure_peak_memory(method=method, **kw)
 
 
@@ -38,7 +41,7 @@ def test_ordering_and_breakdown_adds_up():
         assert sum(res.breakdown.values()) == res.peak_bytes
         assert set(res.breakdown) == {"weights", "gradients", "optimizer_states", "activations", "other"}
     # Trainable parameters carry 12 bytes of fp32 state (master copy + two moments) each.
-    n = sum(p.numel() for p in prepare_model("tiny-llama", "full_ft").parameters())
+    n = sum(p.numel() for p in prepare_model(MemoryPoint("tiny-llama", "full_ft", 4, 64)).parameters())
     assert ft.persistent["optimizer_states"] == 12 * n
 
 
@@ -81,10 +84,10 @@ def test_nf4_weights_are_a_quarter_plus_constants():
 
 
 def test_record_and_oom_status():
-    res = sim(capacity_bytes=1 * MiB)
+    res = sim(capacity_gb=MiB / 1e9)
     assert res.status == "oom"
-    rec = res.to_record(run_id="x")
-    assert isinstance(rec, RunRecord) and rec.memory_source == "simulated" and rec.status == "oom"
+    rec = RunRecord(run_id="x", task=None, **res.record_fields())
+    assert rec.memory_source == "simulated" and rec.status == "oom"
     assert rec.peak_memory_bytes == res.peak_bytes and rec.task is None
     assert set(rec.options) >= {"attn_implementation", "gradient_checkpointing", "quantization", "zero_shards",
                                 "num_adapted_layers", "dropout", "adapter_dtype"}

@@ -5,7 +5,7 @@ import os
 import pytest
 
 from lorafa import AdapterConfig, add_adapters, count_trainable
-from lorafa.memory.specs import (available_specs, build_config, build_model, compare_with_reference,
+from lorafa.models import (available_specs, build_config, build_model, compare_with_reference,
                                  load_model_spec, load_reference_config)
 
 PAPER = ("roberta-base", "roberta-large", "t5-small", "t5-base", "t5-large", "llama-7b", "llama2-7b")

@@ -37,7 +37,7 @@ def spec_for(tmp_path, overrides: list[str]):
 
 def run_tiny(tmp_path, task: str, model: str, method: str = "lora_fa", extra=()):
     spec, _ = spec_for(tmp_path, [f"task={task}", f"model={model}", f"method={method}", *TINY[model], *FAST, *extra])
-    from lorafa.experiment import run
+    from lorafa.recipe import run
     return run(spec)
 
 
@@ -49,6 +49,20 @@ def check_common(rec, task, method):
         "weights", "gradients", "optimizer_states", "activations", "other"}
     assert rec.step_time_s > 0 and rec.tokens_per_s > 0 and rec.wall_s > 0
     assert rec.config_hash and rec.git_commit is not None and rec.started_at <= rec.finished_at
+    check_provenance(rec)
+
+
+def check_provenance(rec):
+    """Every record says how it was made: the resolved config it was hashed from, the code,
+    the packages and the weights."""
+    from lorafa.results import config_hash
+
+    assert rec.config_hash == config_hash(rec.config)
+    assert rec.config["task"] == rec.task and rec.config["method"]["name"] == rec.method
+    assert isinstance(rec.git_dirty, bool)
+    assert set(rec.versions) == {"python", "torch", "transformers", "peft", "lorafa"}
+    assert rec.versions["torch"].startswith("2.13") and rec.versions["transformers"]
+    assert rec.weights["source"] in ("local", "hub", "random-init")
 
 
 def test_glue_classification_mrpc(tmp_path):
@@ -172,14 +186,14 @@ def test_rerunning_a_finished_multirun_trains_nothing(tmp_path):
 
 
 def test_a_crashing_run_leaves_a_failed_record_and_is_retried(tmp_path, monkeypatch):
-    import lorafa.experiment as experiment
+    import lorafa.recipe as experiment
 
     spec, _ = spec_for(tmp_path, ["task=glue/rte", "model=tiny-roberta", *TINY["tiny-roberta"], *FAST])
 
     def broken(*args, **kwargs):
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(experiment, "build_data", broken)
+    monkeypatch.setattr(experiment.FinetuneRecipe, "setup_data", broken)
     with pytest.raises(RuntimeError, match="disk on fire"):
         experiment.run(spec)
     records = load_records(tmp_path)

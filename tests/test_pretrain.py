@@ -174,7 +174,7 @@ def test_committed_checkpoint_loads_through_lorafa(name, family, task_family):
     if not (path / "model.safetensors").is_file():
         pytest.skip(f"models/{name} not pretrained")
     spec = ModelSpec(name=name, family=family, path=f"models/{name}")
-    spec.validate()
+    spec.check_files()
     tok = load_tokenizer(spec)
     model = load_model(spec, task_family, tok, num_labels=2)
     assert model.dtype == torch.float32

@@ -148,3 +148,15 @@ def test_parallel_appends_do_not_interleave(tmp_path):
     assert len(lines) == 100
     assert all(json.loads(line)["options"]["pad"] == "x" * 5000 for line in lines)
     assert len(load_records(tmp_path)) == 100
+
+
+def test_records_written_before_the_provenance_fields_still_read(tmp_path):
+    """Old records (no config, versions, weights, git_dirty) load, and count as finished."""
+    old = {"run_id": "old", "config_hash": "abc", "status": "ok", "metrics": {"accuracy": 0.5}, "git_commit": "1234567"}
+    (tmp_path / "runs" / "old").mkdir(parents=True)
+    (tmp_path / "runs" / "old" / "record.json").write_text(json.dumps(old))
+    (tmp_path / "runs.jsonl").write_text(json.dumps(old) + "\n")
+    record = find_finished(tmp_path, "abc")
+    assert record.run_id == "old" and record.config is None and record.versions is None and record.weights is None
+    frame = load_records(tmp_path)
+    assert frame.loc[0, "metrics"] == {"accuracy": 0.5} and frame.loc[0, "config"] is None

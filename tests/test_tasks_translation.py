@@ -38,12 +38,14 @@ def test_newsdev_first_pair():
     assert ds[0]["target"].startswith("Fostul șef al cabinetului prezidențial brazilian")
 
 
-def test_test_split_is_not_the_dev_set(monkeypatch):
+def test_test_split_is_newstest2016_not_the_dev_set(monkeypatch, tmp_path):
     def fail(*args, **kwargs):
         raise ConnectionError("offline (test)")
     monkeypatch.setattr(common.datasets, "load_dataset", fail)
-    with pytest.raises(FileNotFoundError) as err:
-        load_wmt16("test")
+    test, dev = load_wmt16("test"), load_wmt16("validation")  # local files only: the hub fails
+    assert len(test) == 1999 and test[0]["source"] != dev[0]["source"]
+    with pytest.raises(FileNotFoundError) as err:  # without the local file, the hub is named
+        load_wmt16("test", data_dir=tmp_path)
     assert "newstest2016" in str(err.value) and "wmt/wmt16" in str(err.value)
     assert "ro-en" in str(err.value)
 

@@ -3,11 +3,13 @@
     from lorafa.memory import measure_peak_memory
     res = measure_peak_memory("llama-7b", "lora_fa", batch_size=16, seq_len=1024, r=64)
 
-Submodules: activations (activation_report), analytic (Table 1), specs (conf/model
-architectures), workload (the measured training step), tracker (live-storage counting),
-optim (mixed-precision AdamW), nf4 (QLoRA storage), simulate (fake tensors), cuda (GPU meter),
-measure (the one entry point), sweep (a validated point -> one run record, reused on a rerun;
-experiments/memory.py's engine), report (Table 5 beside the paper, the dropout ratio table). Attributes load lazily so `lorafa.memory.analytic` needs no torch.
+Submodules: activations (activation_report), analytic (Table 1), point (MemoryPoint: one
+validated training step to measure), workload (its model, adapters and batch), tracker
+(live-storage counting), optim (mixed-precision AdamW), nf4 (QLoRA storage), simulate (fake
+tensors), cuda (GPU meter), cpu (peak memory of a CPU run by accounting), measure (measure,
+measure_peak_memory, run_point: a point -> one run record through lorafa.runner). Model
+architectures come from lorafa.models. Attributes load lazily so `lorafa.memory.analytic`
+needs no torch.
 """
 
 from __future__ import annotations
@@ -19,14 +21,14 @@ _PUBLIC = {
     "MemoryResult": "lorafa.memory.measure",
     "linear_layer_memory": "lorafa.memory.analytic",
     "gpt_model_memory": "lorafa.memory.analytic",
-    "load_model_spec": "lorafa.memory.specs",
-    "build_model": "lorafa.memory.specs",
-    "ModelSpec": "lorafa.memory.specs",
+    "load_model_spec": "lorafa.models",
+    "build_model": "lorafa.models",
+    "ModelSpec": "lorafa.models",
     "simulate_step": "lorafa.memory.simulate",
     "cuda_step": "lorafa.memory.cuda",
     "LiveMemory": "lorafa.memory.tracker",
-    "MemoryPoint": "lorafa.memory.sweep",
-    "run_point": "lorafa.memory.sweep",
+    "MemoryPoint": "lorafa.memory.point",
+    "run_point": "lorafa.memory.measure",
 }
 
 __all__ = sorted(_PUBLIC)

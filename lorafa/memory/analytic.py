@@ -7,13 +7,14 @@ Adapters are counted in 16 bits, as the paper does. No torch needed.
 
 from __future__ import annotations
 
+from lorafa.validation import require_choice
+
 METHODS = ("full_ft", "lora", "lora_fa")
 KEYS = ("trainable_params", "weights", "gradients", "optimizer_states", "activations")
 
 
 def _check(method: str) -> None:
-    if method not in METHODS:
-        raise ValueError(f"method={method!r} is invalid; allowed: {', '.join(METHODS)}")
+    require_choice("method", method, METHODS)
 
 
 def linear_layer_memory(method: str, d_in: int, d_out: int, r: int, batch_size: int, seq_len: int) -> dict:

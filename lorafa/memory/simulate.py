@@ -138,6 +138,43 @@ def _frozen_base_bytes(params, adapters: set[int]) -> int:
     return sum(p.numel() * p.element_size() for p in unique.values())
 
 
+def _track_weights(tracker: LiveMemory, model: nn.Module, adapters: set[int], zero_shards: int,
+                   inflight: int) -> WeakIdKeyDictionary:
+    """Count every parameter and buffer once as weights (a frozen base weight by its ZeRO-3
+    shard, plus the gathered unit in flight); returns their storages, which are not activations."""
+    seen = set()
+    for p in list(model.parameters()) + list(model.buffers()):
+        if id(p) in seen:
+            continue
+        seen.add(id(p))
+        nbytes = p.untyped_storage().nbytes()
+        if zero_shards > 1 and isinstance(p, nn.Parameter) and not p.requires_grad and id(p) not in adapters:
+            nbytes = -(-nbytes // zero_shards)
+        tracker.track(p, "weights", nbytes)
+    tracker.reserve(inflight, "weights")
+    storages = WeakIdKeyDictionary({p.untyped_storage(): True for p in model.parameters()})
+    for b in model.buffers():
+        storages[b.untyped_storage()] = True
+    return storages
+
+
+def _forward_counting_saved(model: nn.Module, batch: dict, loss_fn: Callable, weight_storages) -> tuple:
+    """(output, loss, bytes autograd keeps for backward): the saved tensors' storages, each
+    once, weights excluded."""
+    saved = WeakIdKeyDictionary()
+
+    def pack(t):
+        st = t.untyped_storage()
+        if st not in weight_storages:
+            saved[st] = st.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = model(**batch)
+        loss = loss_fn(out)
+    return out, loss, sum(saved.values())
+
+
 def simulate_step(model: nn.Module, make_batch: Callable[[str], dict], *,
                   loss_fn: Callable = lambda out: out.loss, device: str = "cpu", block: int = 512,
                   zero_shards: int = 1, optimizer: bool = True, dropout_as_cuda: bool = False) -> StepMemory:
@@ -159,20 +196,7 @@ def simulate_step(model: nn.Module, make_batch: Callable[[str], dict], *,
         _fakeify(model, device)
         tracker = LiveMemory(block=block)
         with tracker:
-            seen = set()
-            for p in list(model.parameters()) + list(model.buffers()):
-                if id(p) in seen:
-                    continue
-                seen.add(id(p))
-                nbytes = p.untyped_storage().nbytes()
-                if zero_shards > 1 and isinstance(p, nn.Parameter) and not p.requires_grad and id(p) not in adapters:
-                    nbytes = -(-nbytes // zero_shards)
-                tracker.track(p, "weights", nbytes)
-            tracker.reserve(inflight, "weights")
-            weight_storages = WeakIdKeyDictionary({p.untyped_storage(): True for p in model.parameters()})
-            for b in model.buffers():
-                weight_storages[b.untyped_storage()] = True
-
+            weight_storages = _track_weights(tracker, model, adapters, zero_shards, inflight)
             trainable = [p for p in model.parameters() if p.requires_grad]
             tracker.phase = "optimizer_states"
             opt = MixedPrecisionAdamW(trainable) if optimizer else None
@@ -180,20 +204,9 @@ def simulate_step(model: nn.Module, make_batch: Callable[[str], dict], *,
                 p.register_post_accumulate_grad_hook(lambda q: tracker.recategorize(q.grad, "gradients"))
 
             tracker.phase = "activations"
-            saved = WeakIdKeyDictionary()
-
-            def pack(t):
-                st = t.untyped_storage()
-                if st not in weight_storages:
-                    saved[st] = st.nbytes()
-                return t
-
             model.train()
             batch = make_batch(device)
-            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-                out = model(**batch)
-                loss = loss_fn(out)
-            activation_bytes = sum(saved.values())
+            out, loss, activation_bytes = _forward_counting_saved(model, batch, loss_fn, weight_storages)
 
             tracker.phase = "other"  # backward's temporaries; gradients are moved by their hooks
             loss.backward()

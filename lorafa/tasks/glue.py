@@ -201,3 +201,20 @@ def mnli_average(matched: Mapping[str, float],
         out[f"{key}_matched"] = matched[key]
         out[f"{key}_mismatched"] = mismatched[key]
     return out
+
+
+# ----------------------------------------------------------------------------- the run's view
+
+def load(name: str, split: str, data_dir: str | Path | None = None) -> datasets.Dataset:
+    return load_glue(name, split, data_dir)
+
+
+def prepare(task: TaskSpec, tokenizer, splits, data, eval_batch_size: int):
+    """Classification and regression: dynamic padding, the task's metrics in the Trainer."""
+    from transformers import DataCollatorWithPadding
+
+    from lorafa.tasks.data import PreparedTask
+
+    tok = lambda ds: tokenize_glue(ds, tokenizer, data.max_length)  # noqa: E731
+    return PreparedTask(train=tok(splits.train), evals={k: tok(v) for k, v in splits.evals.items()},
+                        collator=DataCollatorWithPadding(tokenizer), compute_metrics=glue_compute_metrics(task.name))

@@ -167,3 +167,25 @@ def tokenize_instruction(dataset: datasets.Dataset, tokenizer, max_length: int =
                             desc="tokenize instructions")
     return tokenized.filter(lambda labels: any(t != IGNORE_INDEX for t in labels),
                             input_columns="labels", desc="drop prompt-only examples")
+
+
+# ----------------------------------------------------------------------------- the run's view
+
+def load(name: str, split: str, data_dir: str | Path | None = None) -> datasets.Dataset:
+    return load_instruction(name, split, data_dir)
+
+
+def prepare(task, tokenizer, splits, data, eval_batch_size: int):
+    """Instruction tuning: no evaluation set while training; MMLU k-shot afterwards (Table 4)."""
+    from transformers import DataCollatorForSeq2Seq
+
+    from lorafa.tasks.data import PreparedTask
+    from lorafa.tasks.mmlu import mmlu_final_eval
+
+    train = tokenize_instruction(splits.train, tokenizer, data.max_length)
+    if len(train) == 0:
+        raise ValueError(f"data.max_length={data.max_length} leaves no {task.name} example with a response token; "
+                         f"raise it")
+    return PreparedTask(train=train, evals={},
+                        collator=DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, padding=True),
+                        final_eval=mmlu_final_eval(tokenizer, data, eval_batch_size))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import inspect
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import datasets
 import torch
@@ -198,39 +198,9 @@ def evaluate_mmlu(model, tokenizer, subjects: Sequence[str] | None = None, split
         _check_subject(s)
     if max_length is None:
         max_length = min(getattr(model.config, "max_position_embeddings", 2048) or 2048, 2048)
-    cand = torch.tensor(candidate_token_ids(tokenizer))
-    pad_id = next(i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0) if i is not None)
-    left = tokenizer.padding_side == "left"
-
-    items, fewer_shots, truncated = [], 0, 0  # items: (subject, ids, answer)
-    for subject in tqdm(subjects, desc="MMLU prompts", disable=not progress):
-        shots = list(load_mmlu(subject, "dev", data_dir))[:k] if k else []
-        if len(shots) < k:
-            raise ValueError(f"k: {subject} has only {len(shots)} dev examples, asked for {k}")
-        questions = load_mmlu(subject, split, data_dir)
-        if max_examples_per_subject is not None:
-            questions = questions.select(range(min(max_examples_per_subject, len(questions))))
-        for ex in questions:
-            ids, used, cut = _encode_prompt(tokenizer, subject, shots, ex, k, max_length)
-            fewer_shots += used < k
-            truncated += cut
-            items.append((subject, ids, ex["answer"]))
-
-    # Length-sorted batches waste less compute on padding; results are order-free.
-    order = sorted(range(len(items)), key=lambda i: len(items[i][1]))
-    predicted = [0] * len(items)
-    was_training = model.training
-    model.eval()
-    try:
-        batches = range(0, len(order), batch_size)
-        for start in tqdm(batches, desc="MMLU", disable=not progress):
-            index = order[start:start + batch_size]
-            preds = _predict(model, [items[i][1] for i in index], cand, pad_id, left)
-            for i, pred in zip(index, preds.tolist()):
-                predicted[i] = pred
-    finally:
-        model.train(was_training)
-
+    items, fewer_shots, truncated = _prompts(tokenizer, subjects, split, k, max_examples_per_subject, max_length,
+                                             data_dir, progress)
+    predicted = _predict_all(model, tokenizer, [ids for _, ids, _ in items], batch_size, progress)
     correct, count = dict.fromkeys(subjects, 0), dict.fromkeys(subjects, 0)
     predictions = {s: [] for s in subjects}
     for (subject, _, answer), pred in zip(items, predicted):
@@ -250,8 +220,73 @@ def evaluate_mmlu(model, tokenizer, subjects: Sequence[str] | None = None, split
     }
 
 
+def _prompts(tokenizer, subjects, split, k, max_examples, max_length, data_dir, progress) -> tuple[list, int, int]:
+    """([(subject, prompt ids, answer)], questions with fewer shots, questions truncated)."""
+    items, fewer_shots, truncated = [], 0, 0
+    for subject in tqdm(subjects, desc="MMLU prompts", disable=not progress):
+        shots = list(load_mmlu(subject, "dev", data_dir))[:k] if k else []
+        if len(shots) < k:
+            raise ValueError(f"k: {subject} has only {len(shots)} dev examples, asked for {k}")
+        questions = load_mmlu(subject, split, data_dir)
+        if max_examples is not None:
+            questions = questions.select(range(min(max_examples, len(questions))))
+        for ex in questions:
+            ids, used, cut = _encode_prompt(tokenizer, subject, shots, ex, k, max_length)
+            fewer_shots += used < k
+            truncated += cut
+            items.append((subject, ids, ex["answer"]))
+    return items, fewer_shots, truncated
+
+
+def _predict_all(model, tokenizer, prompts: list[list[int]], batch_size: int, progress: bool) -> list[int]:
+    """The predicted letter index of every prompt, in the prompts' order. Length-sorted batches
+    waste less compute on padding; results are order-free."""
+    cand = torch.tensor(candidate_token_ids(tokenizer))
+    pad_id = next(i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0) if i is not None)
+    left = tokenizer.padding_side == "left"
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    predicted = [0] * len(prompts)
+    was_training = model.training
+    model.eval()
+    try:
+        for start in tqdm(range(0, len(order), batch_size), desc="MMLU", disable=not progress):
+            index = order[start:start + batch_size]
+            preds = _predict(model, [prompts[i] for i in index], cand, pad_id, left)
+            for i, pred in zip(index, preds.tolist()):
+                predicted[i] = pred
+    finally:
+        model.train(was_training)
+    return predicted
+
+
 def mmlu_metrics_flat(result: dict, prefix: str = "mmlu_") -> dict[str, float]:
     """evaluate_mmlu's result as the flat {name: value} a run record's metrics hold."""
     flat = {f"{prefix}accuracy": result["accuracy"], f"{prefix}n": result["n"]}
     flat.update({f"{prefix}accuracy/{s}": acc for s, acc in result["per_subject"].items()})
     return flat
+
+
+# ----------------------------------------------------------------------------- the run's view
+
+def load(name: str, split: str, data_dir: str | Path | None = None) -> datasets.Dataset:
+    """Every subject's questions of one split, concatenated."""
+    return datasets.concatenate_datasets([load_mmlu(s, split, data_dir) for s in SUBJECTS])
+
+
+def mmlu_final_eval(tokenizer, data, batch_size: int) -> Callable:
+    """final_eval(model) -> {"mmlu_accuracy", "mmlu/<subject>": accuracy}: a run's MMLU score."""
+    def final_eval(model) -> dict:
+        model.eval()
+        result = evaluate_mmlu(model, tokenizer, data.mmlu_subjects, split=data.mmlu_split, k=data.mmlu_k,
+                               max_examples_per_subject=data.mmlu_max_examples, batch_size=batch_size,
+                               data_dir=data.dir)
+        return {"mmlu_accuracy": result["accuracy"], **{f"mmlu/{s}": acc for s, acc in result["per_subject"].items()}}
+
+    return final_eval
+
+
+def prepare(task, tokenizer, splits, data, eval_batch_size: int):
+    """MMLU alone is evaluation only: the base model's k-shot score (Table 4's reference)."""
+    from lorafa.tasks.data import PreparedTask
+
+    return PreparedTask(train=None, evals={}, final_eval=mmlu_final_eval(tokenizer, data, eval_batch_size))

@@ -113,3 +113,21 @@ def translation_compute_metrics(tokenizer) -> Callable:
                                    tokenizer.batch_decode(labels, skip_special_tokens=True))
 
     return compute
+
+
+# ----------------------------------------------------------------------------- the run's view
+
+def load(name: str, split: str, data_dir: str | Path | None = None) -> datasets.Dataset:
+    return load_wmt16(split, data_dir)
+
+
+def prepare(task, tokenizer, splits, data, eval_batch_size: int):
+    """Translation: labels padded with -100, BLEU and ROUGE-L on generated text."""
+    from transformers import DataCollatorForSeq2Seq
+
+    from lorafa.tasks.data import PreparedTask
+
+    tok = lambda ds: tokenize_translation(ds, tokenizer, data.max_length, data.max_target_length)  # noqa: E731
+    return PreparedTask(train=tok(splits.train), evals={k: tok(v) for k, v in splits.evals.items()},
+                        collator=DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100),
+                        compute_metrics=translation_compute_metrics(tokenizer), generates=True)
