@@ -26,13 +26,14 @@ from lorafa.tasks.translation import translation_metrics
 ROOT = Path(__file__).resolve().parents[1]
 N = 300
 
-# Decoded generations: leading/trailing spaces, diacritics, partial and no overlap.
+# Decoded generations: leading/trailing spaces, diacritics, partial and no overlap,
+# inflections a stemmer would merge.
 PREDS = [" Fostul șef al cabinetului a fost trimis în judecată", "un test simplu aici ",
          "Guvernul a aprobat ieri bugetul pe anul viitor.", "nimic comun",
-         "the cat lay on a mat"]
+         "the cat lay on a mat", "the cats were sitting on mats"]
 REFS = ["Fostul șef al cabinetului prezidențial va fi judecat", " un test simplu",
         "Ieri, Guvernul a aprobat bugetul pentru anul viitor.", "cu totul altceva",
-        "the cat sat on the mat"]
+        "the cat sat on the mat", "a cat sits on the mat"]
 
 
 def _classes(task: str) -> int:

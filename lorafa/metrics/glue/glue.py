@@ -48,8 +48,9 @@ class Glue(evaluate.Metric):
         if self.config_name not in _METRICS:
             raise ValueError(f"config_name: unknown GLUE task {self.config_name!r}; "
                              f"available: {', '.join(_METRICS)}")
-        # float32 as the STS-B loader stores gold scores and the model emits logits;
-        # scipy then computes in float32 exactly as it did on the Trainer's arrays.
+        # float32 as the STS-B loader stores gold scores and the model emits logits. The
+        # numpy format hands every float column over as float32 in any case, so scipy
+        # computes in float32 as it did on the Trainer's arrays (float64 input is rounded).
         value = datasets.Value("float32" if self.config_name == "stsb" else "int64")
         return evaluate.MetricInfo(
             description=_DESCRIPTION, citation=_CITATION, inputs_description=_INPUTS,
