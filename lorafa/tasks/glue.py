@@ -13,9 +13,8 @@ from typing import Callable, Mapping, Sequence
 
 import datasets
 import numpy as np
-from scipy.stats import pearsonr, spearmanr
-from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
+from lorafa.metrics import load_metric
 from lorafa.tasks.common import load_local_or_hub, malformed, train_eval_split
 from lorafa.tasks.registry import TaskSpec, check_split, get_task
 
@@ -155,12 +154,14 @@ def tokenize_glue(dataset: datasets.Dataset, tokenizer, max_length: int = 128,
 
 def glue_metrics(name: str, predictions: Sequence | np.ndarray,
                  labels: Sequence | np.ndarray) -> dict[str, float]:
-    """The task's metrics from class ids or logits (argmax taken) and gold labels.
+    """The task's metrics from class ids or logits (argmax taken) and gold labels,
+    computed by the `glue` evaluate module (lorafa/metrics/glue).
 
     Values are as sklearn/scipy return them (fractions; MCC and correlations in -1..1);
     the paper's tables print them x100 (TaskSpec.table_scale).
     """
-    spec = get_task(f"glue/{_short(name)}")
+    short = _short(name)
+    spec = get_task(f"glue/{short}")
     preds, gold = np.asarray(predictions), np.asarray(labels)
     if spec.family == "regression":
         preds = preds.reshape(len(preds), -1)[:, 0] if preds.ndim > 1 else preds
@@ -168,15 +169,7 @@ def glue_metrics(name: str, predictions: Sequence | np.ndarray,
         preds = preds.argmax(axis=-1)
     if preds.shape != gold.shape:
         raise ValueError(f"predictions: shape {preds.shape} does not match labels {gold.shape}")
-    if spec.family == "regression":
-        return {"pearson": float(pearsonr(preds, gold)[0]),
-                "spearman": float(spearmanr(preds, gold)[0])}
-    out = {"accuracy": float(accuracy_score(gold, preds))}
-    if "mcc" in spec.metrics:
-        out["mcc"] = float(matthews_corrcoef(gold, preds))
-    if "f1" in spec.metrics:
-        out["f1"] = float(f1_score(gold, preds))
-    return out
+    return load_metric("glue", short).compute(predictions=preds, references=gold)
 
 
 def glue_compute_metrics(name: str) -> Callable:

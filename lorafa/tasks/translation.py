@@ -11,9 +11,8 @@ from typing import Callable, Sequence
 
 import datasets
 import numpy as np
-import sacrebleu
-from rouge_score import rouge_scorer
 
+from lorafa.metrics import load_metric
 from lorafa.tasks.common import load_local_or_hub, malformed
 from lorafa.tasks.registry import check_split, get_task
 
@@ -82,7 +81,9 @@ def tokenize_translation(dataset: datasets.Dataset, tokenizer, max_source_length
 
 def translation_metrics(predictions: Sequence[str], references: Sequence[str]) -> dict[str, float]:
     """Corpus BLEU (sacrebleu defaults: 13a tokenisation, exp smoothing) and the mean
-    ROUGE-L F1 x100 (rouge-score without stemming, the `evaluate` package's default).
+    ROUGE-L F1 x100 (rouge-score without stemming, the `evaluate` package's default),
+    computed by the `translation` evaluate module (lorafa/metrics/translation) on the
+    stripped strings.
 
     rouge-score's tokenizer keeps only [a-z0-9], so Romanian diacritics split words;
     that is kept for comparability with numbers computed the usual way.
@@ -91,12 +92,8 @@ def translation_metrics(predictions: Sequence[str], references: Sequence[str]) -
         raise ValueError(f"predictions: {len(predictions)} strings for {len(references)} references")
     if not predictions:
         raise ValueError("predictions: empty")
-    preds = [p.strip() for p in predictions]
-    refs = [r.strip() for r in references]
-    bleu = sacrebleu.corpus_bleu(preds, [refs]).score
-    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
-    rouge = [scorer.score(r, p)["rougeL"].fmeasure for p, r in zip(preds, refs)]
-    return {"bleu": float(bleu), "rougeL": float(100.0 * np.mean(rouge))}
+    return load_metric("translation").compute(predictions=list(predictions),
+                                              references=list(references))
 
 
 def translation_compute_metrics(tokenizer) -> Callable:
