@@ -23,16 +23,14 @@ from matplotlib.patches import Patch  # noqa: E402
 
 from analysis import paper_values as P  # noqa: E402
 from analysis.common import (  # noqa: E402
-    GB, MODEL_TO_PAPER, best_setting, clean, fmt_lr, load, mean_of, method_key, method_label,
-    metric, runs_of, scale_dir, task_label,
+    GIB, best_setting, clean, fmt_lr, load, method_key, method_label, runs_of, scale_dir,
 )
+from analysis.names import is_paper_model, metric_label, task_label, task_value  # noqa: E402
 
 COLORS = {"full_ft": "tab:gray", "prompt_tuning": "tab:brown", "lora_qv": "tab:purple",
           "lora": "tab:blue", "lora_fa": "tab:orange", "lora_fa_corrected": "tab:green"}
 SEGMENTS = {"weights": "tab:blue", "gradients": "tab:orange", "optimizer_states": "tab:green",
             "activations": "tab:red", "other": "tab:gray"}
-TASK_METRIC = {"glue/cola": ("MCC", metric("mcc", 100)), "glue/stsb": ("Pearson", metric("pearson", 100)),
-               "glue/mnli": ("accuracy", mean_of(("accuracy_matched", "accuracy_mismatched"), 100, "accuracy"))}
 
 
 class NoRecords(Exception):
@@ -69,13 +67,13 @@ def optimisation(options) -> str:
 
 def _paper_scale(runs: pd.DataFrame) -> bool:
     """Whether the runs are of the paper's own models (so the paper's GB values are comparable)."""
-    return all(m in MODEL_TO_PAPER and not str(m).startswith("tiny") for m in runs["model"])
+    return all(is_paper_model(m) for m in runs["model"])
 
 
 def _memory_points(runs: pd.DataFrame, x: pd.Series) -> pd.DataFrame:
     """x, GB (mean over repeats), oom flag per (method, optimisation, x)."""
     df = pd.DataFrame({"method": runs["method"], "opt": runs["options"].map(optimisation), "x": x,
-                       "gb": runs["peak_memory_bytes"].map(clean).astype(float) / GB,
+                       "gb": runs["peak_memory_bytes"].map(clean).astype(float) / GIB,
                        "status": runs["status"]})
     df = df[df["x"].notna()]
     # A simulated point above the GPU's capacity has a value (status oom): it stays on its line,
@@ -201,7 +199,7 @@ def build_fig3(records: pd.DataFrame):
         raise NoRecords("no fig3 records with memory_breakdown")
     bars = {}  # (model, method) -> mean GB per segment
     for (model, method), g in runs.groupby(["model", "method"], sort=False):
-        bars[(model, method)] = {s: statistics.fmean((b.get(s) or 0) / GB for b in g["memory_breakdown"])
+        bars[(model, method)] = {s: statistics.fmean((b.get(s) or 0) / GIB for b in g["memory_breakdown"])
                                  for s in SEGMENTS}
     keys = sorted(bars, key=lambda k: (k[0], method_key(k[1])))
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 1.2 + 0.8 * len(keys)),
@@ -273,7 +271,7 @@ def build_fig4(records: pd.DataFrame):
     tasks = sorted(set(runs["task"]), key=lambda t: (t not in P.FIG4["tasks"], t))
     fig, axes = plt.subplots(1, len(tasks), figsize=(6 * len(tasks), 4.3), squeeze=False)
     for ax, task in zip(axes[0], tasks):
-        name, value = TASK_METRIC.get(task, ("accuracy", metric("accuracy", 100)))
+        name, value = metric_label(task), task_value(task)
         at = runs[runs["task"] == task]
         for (model, method), g in sorted(at.groupby(["model", "method"]), key=lambda kv: method_key(kv[0][1])):
             best = best_setting(g, value)  # the lr the final metric selects, as the tables do
@@ -356,7 +354,7 @@ def build_fig6(records: pd.DataFrame):
     runs = runs[runs["r"].notna() & runs["lr"].notna()]
     if runs.empty:
         raise NoRecords("no fig6 records with r and lr")
-    value = metric("accuracy", 100)
+    value = task_value(next(iter(runs["task"].dropna()), P.FIG6["task"]))
     ranks = sorted(set(int(clean(r)) for r in runs["r"]))
     lrs = sorted(set(float(clean(x)) for x in runs["lr"]))
     methods = sorted(set(runs["method"]), key=method_key)

@@ -13,17 +13,17 @@ from pathlib import Path
 
 import numpy as np
 
+from lorafa.memory.report import GIB
 from lorafa.results import RunRecord, write_record
 
-GB = 2**30
 
 
 def _memory(batch, method, *, weights=13.5, act_per_sample=3.4, flash=False, layers_frac=1.0, r=64):
-    """A toy LLaMA2-7B-like memory model in GB: LoRA stores X in every adapted layer, LoRA-FA only XA."""
+    """A toy LLaMA2-7B-like memory model in GB (2**30 bytes): LoRA stores X in every adapted layer, LoRA-FA only XA."""
     act = act_per_sample * batch * (0.75 if flash else 1.0)
     lora_x = 0.25 * act_per_sample * batch * layers_frac if method == "lora" else 0.0
     states = 0.16 * r / 64 * (2 if method == "lora" else 1)
-    return (weights + states + act + lora_x) * GB
+    return (weights + states + act + lora_x) * GIB
 
 
 def records(seed: int = 0) -> list[RunRecord]:
@@ -76,7 +76,7 @@ def records(seed: int = 0) -> list[RunRecord]:
             status = "oom" if model == "llama-7b" and method == "full_ft" else "ok"
             add(experiment="table5", model=model, task="memory", method=method,
                 r=None if method == "full_ft" else (64 if model == "llama-7b" else 8), batch_size=16,
-                status=status, peak_memory_bytes=None if status == "oom" else int(base * factor * GB),
+                status=status, peak_memory_bytes=None if status == "oom" else int(base * factor * GIB),
                 memory_source="simulated", error="CUDA out of memory" if status == "oom" else None)
 
     # Tables 6 and 7: lr sweeps on MRPC
@@ -101,24 +101,24 @@ def records(seed: int = 0) -> list[RunRecord]:
                              ("qlora", {"quantization": "nf4"}), ("zero", {"zero_shards": 8})):
             for b in (1, 2, 4, 8, 16, 32):
                 mem = _memory(b, method, flash=opt == "flash", weights={"qlora": 4.0, "zero": 1.7}.get(opt, 13.5))
-                status = "oom" if mem > 80 * GB else "ok"
+                status = "oom" if mem > 80 * GIB else "ok"
                 add(experiment="fig2a", model="llama2-7b", task="memory", method=method, r=64, batch_size=b,
                     seq_len=1024, status=status, peak_memory_bytes=None if status == "oom" else int(mem),
                     memory_source="simulated", options=options)
         for n in (32, 64, 128, 224):
             mem = _memory(8, method, layers_frac=n / 224, act_per_sample=3.0)
             add(experiment="fig2b", model="llama2-7b", task="memory", method=method, r=64, batch_size=8,
-                seq_len=1024, status="oom" if mem > 40 * GB else "ok",
-                peak_memory_bytes=int(mem) if mem <= 40 * GB else None, memory_source="simulated",
+                seq_len=1024, status="oom" if mem > 40 * GIB else "ok",
+                peak_memory_bytes=int(mem) if mem <= 40 * GIB else None, memory_source="simulated",
                 options={"num_adapted_layers": n})
         for r in (1, 2, 4, 8, 16, 32, 64, 128):
             add(experiment="fig2c", model="llama-7b", task="memory", method=method, r=r, batch_size=32,
                 seq_len=128, peak_memory_bytes=int(_memory(4, method, r=r)), memory_source="simulated")
     # Figure 3: breakdown
     for method, act in (("lora", 55.58), ("lora_fa", 42.48)):
-        parts = {"weights": 13.5 * GB, "gradients": 0.3 * GB * (2 if method == "lora" else 1),
-                 "optimizer_states": 1.2 * GB * (2 if method == "lora" else 1), "activations": act * GB,
-                 "other": 1.5 * GB}
+        parts = {"weights": 13.5 * GIB, "gradients": 0.3 * GIB * (2 if method == "lora" else 1),
+                 "optimizer_states": 1.2 * GIB * (2 if method == "lora" else 1), "activations": act * GIB,
+                 "other": 1.5 * GIB}
         add(experiment="fig3", model="llama2-7b", task="memory", method=method, r=64, batch_size=16, seq_len=1024,
             memory_breakdown={k: int(v) for k, v in parts.items()}, peak_memory_bytes=int(sum(parts.values())),
             memory_source="simulated")

@@ -7,7 +7,8 @@ Submodules: activations (activation_report), analytic (Table 1), specs (conf/mod
 architectures), workload (the measured training step), tracker (live-storage counting),
 optim (mixed-precision AdamW), nf4 (QLoRA storage), simulate (fake tensors), cuda (GPU meter),
 measure (the one entry point), sweep (a validated point -> one run record, reused on a rerun;
-experiments/memory.py's engine), report (Table 5 beside the paper, the dropout ratio table). Attributes load lazily so `lorafa.memory.analytic` needs no torch.
+experiments/memory.py's engine), report (GiB and the options label of a point's one-line summary; the
+tables from memory records are in analysis/). Attributes load lazily so `lorafa.memory.analytic` needs no torch.
 """
 
 from __future__ import annotations
