@@ -89,6 +89,7 @@ def configured_rows(records, cells: dict[str, dict], methods=METHODS, experiment
                          batch_size=cell["batch_size"], seq_len=cell["seq_len"], r=r)
             paper = paper_cell(paper_model(model), method)
             peak = gib(rec.get("peak_memory_bytes")) if rec else None
+            over_paper = ratio(peak, paper["paper_gb"])
             rows.append({
                 "model": model_label(model), "method": method, "r": r, "batch_size": cell["batch_size"],
                 "seq_len": cell["seq_len"], "attn_implementation": cell["attn_implementation"],
@@ -97,7 +98,7 @@ def configured_rows(records, cells: dict[str, dict], methods=METHODS, experiment
                 "status": "not run" if rec is None else rec.get("status"),
                 "memory_source": None if rec is None else rec.get("memory_source"),
                 **paper,
-                "ours_over_paper": None if peak is None or not paper["paper_gb"] else round(peak / paper["paper_gb"], 2),
+                "ours_over_paper": None if over_paper is None else round(over_paper, 2),
             })
     return rows
 

@@ -203,7 +203,8 @@ def _wide(df: pd.DataFrame, ids: list[str], digits: int) -> str:
         cells = {row["column"]: row for _, row in g.iterrows()}
         label = [key["model"], *[key[i] for i in ids if i not in ("model", "method")], method_label(key["method"])]
         digits_of = {TPS: 2}
-        body.append(label + ["ours"] + [fmt_ours(cells[c], digits_of.get(c, digits)) if c in cells else "" for c in columns])
+        body.append(label + ["ours"] + [fmt_ours(cells[c], digits_of.get(c, digits)) if c in cells else ""
+                                        for c in columns])
         body.append([""] * len(label) + ["paper"] + [
             fmt_pm(cells[c]["paper"], cells[c]["paper_std"], digits_of.get(c, digits)) if c in cells else ""
             for c in columns])
