@@ -6,15 +6,20 @@
 Both read results/<scale>/runs.jsonl (see lorafa.results; $LORAFA_RESULTS_DIR moves
 results/), rebuild whatever the records allow and print what is missing.
 
-Modules: paper_values (the paper's numbers, transcribed), common (cell selection,
-naming, formatting), tables, figures.
+Modules: paper_values (the paper's numbers, transcribed), names (model labels and stand-ins
+from conf/, task labels and metrics from lorafa.tasks.registry), common (record selection,
+best setting, formatting), cells (table cells beside the paper's), tables (Tables 2-7),
+table5 (Table 5, also for experiments/memory.py --report), memory_tables (the other memory
+report tables), figure_data (each figure's plotted values as a frame), figures (drawing),
+synthetic (made-up records for tests).
 
 Conventions that run records must follow (the analysis depends on these only)
 -----------------------------------------------------------------------------
 method      full_ft, lora, lora_fa, lora_qv, prompt_tuning, lora_fa_corrected
 model       roberta-base, roberta-large, t5-small, t5-base, t5-large, llama-7b, llama2-7b;
             at mini scale tiny-roberta, tiny-t5, tiny-llama, which are compared with the
-            paper's RoBERTa-base, T5-small and LLaMA-7B rows (the tables say so).
+            paper's RoBERTa-base, T5-small and LLaMA-7B rows (the tables say so): labels
+            from conf/model/<name>.yaml, stand-ins from conf/scale/*.yaml's stands_in_for.
 task        glue/{cola,sst2,mrpc,qqp,stsb,mnli,qnli,rte}, wmt16_en_ro, alpaca, flanv2, mmlu
 metrics     accuracy, f1, mcc (CoLA), pearson (STS-B), bleu, rougeL, mmlu_accuracy.
             accuracy/mcc/pearson/mmlu_accuracy are fractions in [0, 1] and printed x100;

@@ -10,24 +10,17 @@ from typing import Any, Callable
 
 import pandas as pd
 
+from lorafa.memory.report import GIB  # memory is reported in GB of 2**30 bytes, as CUDA reports usually are
 from lorafa.paths import results_dir
 from lorafa.results import load_records
 from lorafa.results import plain as clean  # NaN -> None, numpy -> Python
 
-GB = 2**30  # memory is reported in GB of 2**30 bytes, as CUDA memory reports usually are
 SETTING_KEYS = ("r", "alpha", "lr", "init_a")
 
-MODEL_TO_PAPER = {
-    "roberta-base": "RoBERTa-base", "roberta-large": "RoBERTa-large", "tiny-roberta": "RoBERTa-base",
-    "t5-small": "T5-small", "t5-base": "T5-base", "t5-large": "T5-large", "tiny-t5": "T5-small",
-    "llama-7b": "LLaMA-7B", "llama2-7b": "LLaMA2-7B", "tiny-llama": "LLaMA-7B",
-}
-PAPER_TO_MODEL = {"RoBERTa-base": "roberta-base", "RoBERTa-large": "roberta-large",
-                  "T5-small": "t5-small", "T5-base": "t5-base", "T5-large": "t5-large",
-                  "LLaMA-7B": "llama-7b", "LLaMA2-7B": "llama2-7b"}
 METHOD_ORDER = ("full_ft", "prompt_tuning", "lora_qv", "lora", "lora_fa", "lora_fa_corrected", "base")
 METHOD_LABELS = {"full_ft": "Full-FT", "prompt_tuning": "PT", "lora_qv": "LoRA-qv", "lora": "LoRA",
-                 "lora_fa": "LoRA-FA", "lora_fa_corrected": "LoRA-FA (corrected)", "base": "base model"}
+                 "lora_fa": "LoRA-FA", "lora_fa_corrected": "LoRA-FA (corrected)", "base": "base model",
+                 "peft_lora": "PEFT LoRA", "peft_lora_frozen_a": "PEFT LoRA, A frozen"}
 
 
 def scale_dir(scale: str, root: str | Path | None = None) -> Path:
@@ -39,6 +32,31 @@ def load(scale: str, root: str | Path | None = None) -> pd.DataFrame:
     return load_records(scale_dir(scale, root))
 
 
+def record_dicts(records) -> list[dict]:
+    """Records (RunRecords, dicts or load_records' frame) as plain dicts; whole-number floats of
+    integer fields (a frame's NaN-able columns) back to int."""
+    if isinstance(records, pd.DataFrame):
+        rows = [{k: clean(v) if not isinstance(v, (dict, list)) else v for k, v in row.items()}
+                for row in records.to_dict("records")]
+    else:
+        rows = [r.to_dict() if hasattr(r, "to_dict") else dict(r) for r in records]
+    for row in rows:
+        for k in ("r", "batch_size", "seq_len"):
+            if isinstance(row.get(k), float) and row[k].is_integer():
+                row[k] = int(row[k])
+    return rows
+
+
+def latest(records: list[dict], **equal) -> dict | None:
+    """The last of the records whose fields equal these values (a rerun supersedes), or None."""
+    hits = [r for r in records if all(r.get(k) == v for k, v in equal.items())]
+    return hits[-1] if hits else None
+
+
+def ratio(x, y) -> float | None:
+    return None if x is None or not y else x / y
+
+
 def runs_of(records: pd.DataFrame, experiment: str, **equal: Any) -> pd.DataFrame:
     """Records of one experiment, optionally filtered by field equality."""
     mask = records["experiment"] == experiment
@@ -47,23 +65,12 @@ def runs_of(records: pd.DataFrame, experiment: str, **equal: Any) -> pd.DataFram
     return records[mask]
 
 
-
-
 def method_key(method: str) -> tuple:
     return (METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER), method)
 
 
 def method_label(method: str) -> str:
     return METHOD_LABELS.get(method, method)
-
-
-TASK_LABELS = {"glue/mrpc": "MRPC", "glue/cola": "CoLA", "glue/qnli": "QNLI", "glue/rte": "RTE",
-               "glue/sst2": "SST-2", "glue/stsb": "STS-B", "glue/mnli": "MNLI", "glue/qqp": "QQP",
-               "wmt16_en_ro": "WMT16 En-Ro", "alpaca": "Alpaca", "flanv2": "FLAN v2", "mmlu": "MMLU"}
-
-
-def task_label(task) -> str:
-    return TASK_LABELS.get(task, str(task)) if task is not None else ""
 
 
 # ---- metric values --------------------------------------------------------------------
@@ -170,9 +177,9 @@ def rnd(x, digits: int = 4):
     return None if x is None else round(float(x), digits)
 
 
-def fmt(x, digits: int = 1) -> str:
+def fmt(x, digits: int = 1, empty: str = "") -> str:
     x = clean(x)
-    return "" if x is None else f"{x:.{digits}f}"
+    return empty if x is None else f"{x:.{digits}f}"
 
 
 def fmt_pm(mean, std, digits: int = 1) -> str:

@@ -13,27 +13,21 @@ from pathlib import Path
 
 import numpy as np
 
+from lorafa.memory.report import GIB
 from lorafa.results import RunRecord, write_record
 
-GB = 2**30
 
 
 def _memory(batch, method, *, weights=13.5, act_per_sample=3.4, flash=False, layers_frac=1.0, r=64):
-    """A toy LLaMA2-7B-like memory model in GB: LoRA stores X in every adapted layer, LoRA-FA only XA."""
+    """A toy LLaMA2-7B-like memory model (bytes): LoRA stores X in every adapted layer, LoRA-FA only XA."""
     act = act_per_sample * batch * (0.75 if flash else 1.0)
     lora_x = 0.25 * act_per_sample * batch * layers_frac if method == "lora" else 0.0
     states = 0.16 * r / 64 * (2 if method == "lora" else 1)
-    return (weights + states + act + lora_x) * GB
+    return (weights + states + act + lora_x) * GIB
 
 
-def records(seed: int = 0) -> list[RunRecord]:
-    rng = np.random.default_rng(seed)
-    out: list[RunRecord] = []
-
-    def add(**kw):
-        out.append(RunRecord(run_id=f"syn{len(out):04d}", scale="synthetic", **kw))
-
-    # Table 2 and Figure 4: GLUE on roberta-base, 2 lrs x 3 seeds; fig4 with eval histories
+def _glue(add, rng) -> None:
+    """Table 2 and Figure 4: GLUE on roberta-base, 2 lrs x 3 seeds; fig4 with eval histories."""
     glue = {"glue/mrpc": ("accuracy", 0.89), "glue/cola": ("mcc", 0.62), "glue/qnli": ("accuracy", 0.92),
             "glue/rte": ("accuracy", 0.77), "glue/sst2": ("accuracy", 0.94), "glue/stsb": ("pearson", 0.90),
             "glue/mnli": (None, 0.87), "glue/qqp": ("accuracy", 0.90)}
@@ -54,6 +48,9 @@ def records(seed: int = 0) -> list[RunRecord]:
                 add(experiment="fig4", model="roberta-base", task=task, method=method, r=8, lr=4e-4, seed=s,
                     metrics={key: hist[-1][key]}, eval_history=hist)
 
+
+def _t5_and_llama(add, rng) -> None:
+    """Tables 3 and 4: T5 on WMT16 En-Ro, LLaMA-7B on MMLU."""
     # Table 3: T5 on WMT16
     for model, scale in (("t5-small", 27.0), ("t5-base", 33.0)):
         for method, tp in (("full_ft", 60e6), ("lora", 0.4e6), ("lora_fa", 0.2e6)):
@@ -70,16 +67,20 @@ def records(seed: int = 0) -> list[RunRecord]:
                 metrics={"mmlu_accuracy": 0.351 + gain * (0.3 if method == "lora_qv" else 1)},
                 trainable_params=int(tp))
 
-    # Table 5: peak memory, simulated; LLaMA full_ft runs out of memory
+
+def _table5(add, rng) -> None:
+    """Table 5: peak memory, simulated; LLaMA full_ft runs out of memory."""
     for model, base in (("roberta-base", 9.0), ("t5-small", 30.0), ("llama-7b", 60.0)):
         for method, factor in (("full_ft", 1.05), ("lora", 1.0), ("lora_fa", 0.78)):
             status = "oom" if model == "llama-7b" and method == "full_ft" else "ok"
             add(experiment="table5", model=model, task="memory", method=method,
                 r=None if method == "full_ft" else (64 if model == "llama-7b" else 8), batch_size=16,
-                status=status, peak_memory_bytes=None if status == "oom" else int(base * factor * GB),
+                status=status, peak_memory_bytes=None if status == "oom" else int(base * factor * GIB),
                 memory_source="simulated", error="CUDA out of memory" if status == "oom" else None)
 
-    # Tables 6 and 7: lr sweeps on MRPC
+
+def _sensitivity(add, rng) -> None:
+    """Tables 6 and 7: lr sweeps on MRPC."""
     lrs = [1e-5, 3e-5, 5e-5, 1e-4, 3e-4, 5e-4, 1e-3]
     for init, best in (("kaiming_uniform", 5e-5), ("all_one", 3e-4), ("std_normal", 5e-5)):
         for lr in lrs:
@@ -95,30 +96,36 @@ def records(seed: int = 0) -> list[RunRecord]:
             add(experiment="table7", model="roberta-base", task="glue/mrpc", method="lora_fa", r=8, alpha=alpha,
                 lr=lr, seed=0, metrics={"accuracy": float(acc)})
 
-    # Figure 2: memory (simulated, LLaMA2-7B)
+
+def _figure2(add, rng) -> None:
+    """Figure 2: memory (simulated, LLaMA2-7B)."""
     for method in ("lora", "lora_fa"):
         for opt, options in (("none", {}), ("flash", {"attn_implementation": "flash_attention_2"}),
                              ("qlora", {"quantization": "nf4"}), ("zero", {"zero_shards": 8})):
             for b in (1, 2, 4, 8, 16, 32):
                 mem = _memory(b, method, flash=opt == "flash", weights={"qlora": 4.0, "zero": 1.7}.get(opt, 13.5))
-                status = "oom" if mem > 80 * GB else "ok"
+                status = "oom" if mem > 80 * GIB else "ok"
                 add(experiment="fig2a", model="llama2-7b", task="memory", method=method, r=64, batch_size=b,
                     seq_len=1024, status=status, peak_memory_bytes=None if status == "oom" else int(mem),
                     memory_source="simulated", options=options)
         for n in (32, 64, 128, 224):
             mem = _memory(8, method, layers_frac=n / 224, act_per_sample=3.0)
             add(experiment="fig2b", model="llama2-7b", task="memory", method=method, r=64, batch_size=8,
-                seq_len=1024, status="oom" if mem > 40 * GB else "ok",
-                peak_memory_bytes=int(mem) if mem <= 40 * GB else None, memory_source="simulated",
+                seq_len=1024, status="oom" if mem > 40 * GIB else "ok",
+                peak_memory_bytes=int(mem) if mem <= 40 * GIB else None, memory_source="simulated",
                 options={"num_adapted_layers": n})
         for r in (1, 2, 4, 8, 16, 32, 64, 128):
             add(experiment="fig2c", model="llama-7b", task="memory", method=method, r=r, batch_size=32,
                 seq_len=128, peak_memory_bytes=int(_memory(4, method, r=r)), memory_source="simulated")
+
+
+def _figures_3_5_6(add, rng) -> None:
+    """Figures 3, 5 and 6."""
     # Figure 3: breakdown
     for method, act in (("lora", 55.58), ("lora_fa", 42.48)):
-        parts = {"weights": 13.5 * GB, "gradients": 0.3 * GB * (2 if method == "lora" else 1),
-                 "optimizer_states": 1.2 * GB * (2 if method == "lora" else 1), "activations": act * GB,
-                 "other": 1.5 * GB}
+        parts = {"weights": 13.5 * GIB, "gradients": 0.3 * GIB * (2 if method == "lora" else 1),
+                 "optimizer_states": 1.2 * GIB * (2 if method == "lora" else 1), "activations": act * GIB,
+                 "other": 1.5 * GIB}
         add(experiment="fig3", model="llama2-7b", task="memory", method=method, r=64, batch_size=16, seq_len=1024,
             memory_breakdown={k: int(v) for k, v in parts.items()}, peak_memory_bytes=int(sum(parts.values())),
             memory_source="simulated")
@@ -140,6 +147,22 @@ def records(seed: int = 0) -> list[RunRecord]:
                     continue  # a cell not run
                 add(experiment="fig6", model="roberta-base", task="glue/mrpc", method=method, r=r, lr=lr, seed=0,
                     status="diverged" if diverged else "ok", metrics={} if diverged else {"accuracy": float(acc)})
+
+
+def records(seed: int = 0) -> list[RunRecord]:
+    rng = np.random.default_rng(seed)
+    out: list[RunRecord] = []
+
+    def add(**kw):
+        out.append(RunRecord(run_id=f"syn{len(out):04d}", scale="synthetic", **kw))
+
+    # one random stream, drawn in this order, so the records are the same on every call
+    _glue(add, rng)
+    _t5_and_llama(add, rng)
+    _table5(add, rng)
+    _sensitivity(add, rng)
+    _figure2(add, rng)
+    _figures_3_5_6(add, rng)
     return out
 
 

@@ -19,72 +19,35 @@ from pathlib import Path
 import pandas as pd
 
 from analysis import paper_values as P
+from analysis.cells import fmt_ours, mapping_note, row_keys, table_cell, tidy_frame
 from analysis.common import (
-    GB, MODEL_TO_PAPER, PAPER_TO_MODEL, best_setting, clean, fmt, fmt_lr, fmt_pm, fmt_range,
-    load, markdown, mean_of, task_label, method_key, method_label, metric, missing_reason, rnd, runs_of,
-    scale_dir, settings, summary,
+    best_setting, clean, fmt, fmt_lr, fmt_pm, fmt_range, load, markdown, method_key, method_label, metric,
+    missing_reason, runs_of, scale_dir, settings, summary,
 )
+from analysis.names import task_label, task_value
+from analysis.table5 import build_table5, table5_markdown
+from lorafa.tasks.registry import get_task
 
-ACC = metric("accuracy", 100)
-GLUE_TASKS = {
-    "MRPC": ("glue/mrpc", ACC), "COLA": ("glue/cola", metric("mcc", 100)),
-    "QNLI": ("glue/qnli", ACC), "RTE": ("glue/rte", ACC), "SST-2": ("glue/sst2", ACC),
-    "STS-B": ("glue/stsb", metric("pearson", 100)),
-    "MNLI": ("glue/mnli", mean_of(("accuracy_matched", "accuracy_mismatched"), 100, fallback="accuracy")),
-    "QQP": ("glue/qqp", ACC),
-}
+# the paper's Table 2 column -> our task
+GLUE_TASKS = dict(zip(P.GLUE_COLUMNS, ("glue/mrpc", "glue/cola", "glue/qnli", "glue/rte", "glue/sst2",
+                                       "glue/stsb", "glue/mnli", "glue/qqp")))
 TPS = "# TPs (M)"
 SENSITIVITY_TASK = "glue/mrpc"  # the task of the paper's Tables 6 and 7 and Figure 6
 CONVERGE_TOL = 2.0  # Tables 6-7: an lr "converges" if its mean is within this many points of the row's best
-INT_COLUMNS = ("n_seeds", "r", "paper_r", "batch_size", "n_lrs_run")
-
-
-def _cell(ids: dict, ours=None, std=None, n=None, setting=None, paper=None, paper_std=None, note=""):
-    setting = setting or {}
-    delta = ours - paper if clean(ours) is not None and clean(paper) is not None else None
-    return {**ids, "ours": rnd(ours), "ours_std": rnd(std), "n_seeds": n,
-            "lr": clean(setting.get("lr")), "r": clean(setting.get("r")),
-            "paper": paper, "paper_std": paper_std, "delta": rnd(delta), "note": note}
 
 
 def _best_cell(ids, runs, value, paper=None, paper_std=None):
     best = best_setting(runs, value)
     if best is None:
-        return _cell(ids, paper=paper, paper_std=paper_std, note=missing_reason(runs, value)), None
-    return _cell(ids, best.mean, best.std, len(best.values), best.key, paper, paper_std), best
+        return table_cell(ids, paper=paper, paper_std=paper_std, note=missing_reason(runs, value)), None
+    return table_cell(ids, best.mean, best.std, len(best.values), best.key, paper, paper_std), best
 
 
 def _tps_cell(ids, runs, paper):
     ok = runs[(runs["status"] == "ok")]["trainable_params"].map(clean).dropna()
     if ok.empty:
-        return _cell(ids, paper=paper, note=missing_reason(runs))
-    return _cell(ids, statistics.median(ok) / 1e6, paper=paper)
-
-
-def _row_keys(runs: pd.DataFrame, paper_keys) -> list[tuple[str, str, str]]:
-    """(model, paper model, method): the paper's rows first (filled by the record models that
-    map to that paper model, else its config name), then methods and models only we ran."""
-    present = list(dict.fromkeys(runs["model"].dropna()))
-    paper_models = list(dict.fromkeys(pm for pm, _ in paper_keys))
-    out = []
-    for pm in paper_models:
-        for model in [m for m in present if MODEL_TO_PAPER.get(m) == pm] or [PAPER_TO_MODEL[pm]]:
-            methods = [me for p, me in paper_keys if p == pm]
-            extra = sorted(set(runs.loc[runs["model"] == model, "method"]) - set(methods), key=method_key)
-            out += [(model, pm, me) for me in methods + extra]
-    for model in present:
-        if MODEL_TO_PAPER.get(model) not in paper_models:
-            for me in sorted(set(runs.loc[runs["model"] == model, "method"]), key=method_key):
-                out.append((model, MODEL_TO_PAPER.get(model, ""), me))
-    return out
-
-
-def _frame(rows: list[dict]) -> pd.DataFrame:
-    df = pd.DataFrame(rows)
-    for col in INT_COLUMNS:
-        if col in df.columns:
-            df[col] = df[col].astype("Int64")
-    return df
+        return table_cell(ids, paper=paper, note=missing_reason(runs))
+    return table_cell(ids, statistics.median(ok) / 1e6, paper=paper)
 
 
 # ---- Table 2: GLUE ----------------------------------------------------------------------
@@ -92,14 +55,14 @@ def _frame(rows: list[dict]) -> pd.DataFrame:
 def build_table2(records: pd.DataFrame) -> pd.DataFrame:
     runs = runs_of(records, "table2")
     rows = []
-    for model, pm, method in _row_keys(runs, list(P.TABLE2)):
+    for model, pm, method in row_keys(runs, list(P.TABLE2)):
         ids = {"model": model, "paper_model": pm, "method": method}
         mine = runs[(runs["model"] == model) & (runs["method"] == method)]
         paper = P.TABLE2.get((pm, method), {})
         rows.append(_tps_cell({**ids, "column": TPS}, mine, paper.get(TPS, (None,))[0]))
         tasks = []
-        for column, (task, value) in GLUE_TASKS.items():
-            cell, _ = _best_cell({**ids, "column": column}, mine[mine["task"] == task], value,
+        for column, task in GLUE_TASKS.items():
+            cell, _ = _best_cell({**ids, "column": column}, mine[mine["task"] == task], task_value(task),
                                  *paper.get(column, (None, None)))
             rows.append(cell)
             tasks.append(cell)
@@ -114,17 +77,17 @@ def build_table2(records: pd.DataFrame) -> pd.DataFrame:
             avg_std = statistics.fmean(stds) if None not in stds else None
             note = ""
         pa, pa_std = paper.get("Avg.", (None, None))
-        rows.append(_cell({**ids, "column": "Avg."}, avg, avg_std, paper=pa, paper_std=pa_std, note=note))
-    return _frame(rows)
+        rows.append(table_cell({**ids, "column": "Avg."}, avg, avg_std, paper=pa, paper_std=pa_std, note=note))
+    return tidy_frame(rows)
 
 
 # ---- Table 3: T5 on WMT16 En-Ro ------------------------------------------------------------
 
 def build_table3(records: pd.DataFrame) -> pd.DataFrame:
     runs = runs_of(records, "table3")
-    bleu, rouge = metric("bleu"), metric("rougeL")
+    bleu, rouge = task_value("wmt16_en_ro"), metric("rougeL", get_task("wmt16_en_ro").table_scale)
     rows = []
-    for model, pm, method in _row_keys(runs, list(P.TABLE3)):
+    for model, pm, method in row_keys(runs, list(P.TABLE3)):
         ids = {"model": model, "paper_model": pm, "method": method}
         mine = runs[(runs["model"] == model) & (runs["method"] == method)]
         paper = P.TABLE3.get((pm, method), {})
@@ -134,23 +97,23 @@ def build_table3(records: pd.DataFrame) -> pd.DataFrame:
         # ROUGE-L of the setting that BLEU chose
         ids_r = {**ids, "column": "ROUGE-L"}
         if best is None:
-            rows.append(_cell(ids_r, paper=paper.get("ROUGE-L"), note=cell["note"]))
+            rows.append(table_cell(ids_r, paper=paper.get("ROUGE-L"), note=cell["note"]))
         else:
             vals = [v for v in (rouge(r["metrics"]) for r in best.runs) if v is not None]
             mean, std = summary(vals)
-            rows.append(_cell(ids_r, mean, std, len(vals) or None, best.key, paper.get("ROUGE-L"),
+            rows.append(table_cell(ids_r, mean, std, len(vals) or None, best.key, paper.get("ROUGE-L"),
                               note="" if vals else "metric missing: rougeL"))
-    return _frame(rows)
+    return tidy_frame(rows)
 
 
 # ---- Table 4: LLaMA, MMLU after instruction tuning -------------------------------------------
 
 def build_table4(records: pd.DataFrame) -> pd.DataFrame:
     runs = runs_of(records, "table4")
-    mmlu = metric("mmlu_accuracy", 100)
+    mmlu = task_value("alpaca")  # every row, the base model's too, is scored on the instruction tasks' MMLU metric
     tuned = runs[runs["task"] != "mmlu"]
     rows = []
-    for model, pm, _ in dict.fromkeys((m, pm, "") for m, pm, _ in _row_keys(runs, [(k[0], k[2]) for k in P.TABLE4])):
+    for model, pm, _ in dict.fromkeys((m, pm, "") for m, pm, _ in row_keys(runs, [(k[0], k[2]) for k in P.TABLE4])):
         base_runs = runs[(runs["model"] == model) & (runs["task"] == "mmlu")]
         base, _ = _best_cell({"model": model, "paper_model": pm, "task": "mmlu", "method": "base",
                               "column": "MMLU"}, base_runs, mmlu, P.TABLE4_BASE_MMLU if pm == "LLaMA-7B" else None)
@@ -168,36 +131,9 @@ def build_table4(records: pd.DataFrame) -> pd.DataFrame:
                 rows.append(cell)
                 gain = cell["ours"] - base["ours"] if None not in (cell["ours"], base["ours"]) else None
                 note = cell["note"] or ("" if gain is not None else "no base-model record (task mmlu)")
-                rows.append(_cell({**ids, "column": "Gain"}, gain, paper=paper.get("Gain"), note=note))
+                rows.append(table_cell({**ids, "column": "Gain"}, gain, paper=paper.get("Gain"), note=note))
         rows.append(base)
-    return _frame(rows)
-
-
-# ---- Table 5: peak memory -------------------------------------------------------------------
-
-def build_table5(records: pd.DataFrame) -> pd.DataFrame:
-    runs = runs_of(records, "table5")
-    rows = []
-    for model, pm, method in _row_keys(runs, list(P.TABLE5)):
-        paper_r, paper_mem = P.TABLE5.get((pm, method), (None, None))
-        mine = runs[(runs["model"] == model) & (runs["method"] == method)]
-        ranks = list(dict.fromkeys(clean(r) for r in mine["r"])) or [paper_r]
-        for r in ranks:
-            at_r = mine[mine["r"].map(clean) == r] if r is not None else mine[mine["r"].map(clean).isna()]
-            ok = at_r[at_r["status"] == "ok"]
-            peaks = [p / GB for p in ok["peak_memory_bytes"].map(clean).dropna()]
-            mean, std = summary(peaks)
-            sources = ",".join(sorted(set(ok["memory_source"].map(clean).dropna())))
-            batch = list(dict.fromkeys(at_r["batch_size"].map(clean).dropna()))
-            row = _cell({"model": model, "paper_model": pm, "method": method, "column": "Mem (GB)"},
-                        mean, std, len(peaks) or None, {"r": r}, paper_mem,
-                        note="" if peaks else missing_reason(at_r))
-            row.update(batch_size=batch[0] if len(batch) == 1 else None, memory_source=sources,
-                       paper_r=paper_r, paper_batch_size=P.TABLE5_BATCH.get(pm),
-                       paper_note="OOM" if (pm, method) in P.TABLE5 and paper_mem is None else "")
-            row.pop("lr")
-            rows.append(row)
-    return _frame(rows)
+    return tidy_frame(rows)
 
 
 # ---- Tables 6 and 7: A initialisation, alpha -------------------------------------------------
@@ -216,7 +152,7 @@ def _sensitivity(runs, key: str, paper: dict, paper_rows: list, norm) -> pd.Data
     """
     runs = runs.assign(**{key: runs[key].map(lambda v: norm(clean(v)))})
     rows = []
-    for model, pm, method in _row_keys(runs, [("RoBERTa-base", "lora_fa")]):
+    for model, pm, method in row_keys(runs, [("RoBERTa-base", "lora_fa")]):
         mine = runs[(runs["model"] == model) & (runs["method"] == method)]
         tasks = list(dict.fromkeys(mine["task"].dropna())) or [SENSITIVITY_TASK]
         expected = paper_rows if method == "lora_fa" else []
@@ -224,7 +160,7 @@ def _sensitivity(runs, key: str, paper: dict, paper_rows: list, norm) -> pd.Data
         for task in tasks:
             rows += _sensitivity_rows(mine[mine["task"] == task] if len(mine) else mine, key, values, paper,
                                       {"model": model, "paper_model": pm, "method": method, "task": task})
-    return _frame(rows)
+    return tidy_frame(rows)
 
 
 def _sensitivity_rows(mine, key, values, paper, ids) -> list[dict]:
@@ -233,10 +169,11 @@ def _sensitivity_rows(mine, key, values, paper, ids) -> list[dict]:
         at = mine[mine[key] == v]
         p = paper.get(v) if ids["method"] == "lora_fa" and ids["paper_model"] == "RoBERTa-base" else None
         p_range, p_acc, p_std = (p + (None,))[:3] if p else (None, None, None)
-        cell, best = _best_cell({**ids, key: v}, at, ACC, p_acc, p_std)
+        value = task_value(ids["task"])
+        cell, best = _best_cell({**ids, key: v}, at, value, p_acc, p_std)
         if ids["task"] != SENSITIVITY_TASK:
             cell["delta"] = None
-        good = [s.key["lr"] for s in settings(at, ACC)
+        good = [s.key["lr"] for s in settings(at, value)
                 if best and s.eligible and s.mean >= best.mean - CONVERGE_TOL and s.key["lr"] is not None]
         cell.update(lr_range=fmt_range(good), n_lrs_run=at["lr"].map(clean).nunique() or None,
                     paper_lr_range=p_range or "")
@@ -257,18 +194,6 @@ def build_table7(records: pd.DataFrame) -> pd.DataFrame:
 
 # ---- Markdown ---------------------------------------------------------------------------------
 
-def _mapping_note(df: pd.DataFrame) -> str:
-    pairs = sorted({(m, pm) for m, pm in zip(df["model"], df["paper_model"]) if pm and PAPER_TO_MODEL.get(pm) != m})
-    return "".join(f"Rows for {m} are compared with the paper's {pm} rows.\n" for m, pm in pairs)
-
-
-def _ours(row, digits) -> str:
-    if clean(row["ours"]) is None:
-        return f"_{row['note']}_" if row["note"] else ""
-    text = fmt_pm(row["ours"], row["ours_std"], digits)
-    return text + (f" ({row['note']})" if row["note"] else "")
-
-
 def _wide(df: pd.DataFrame, ids: list[str], digits: int) -> str:
     columns = list(dict.fromkeys(df["column"]))
     header = ["Model", *[i.capitalize() for i in ids if i not in ("model", "method")], "Method", "", *columns]
@@ -278,7 +203,8 @@ def _wide(df: pd.DataFrame, ids: list[str], digits: int) -> str:
         cells = {row["column"]: row for _, row in g.iterrows()}
         label = [key["model"], *[key[i] for i in ids if i not in ("model", "method")], method_label(key["method"])]
         digits_of = {TPS: 2}
-        body.append(label + ["ours"] + [_ours(cells[c], digits_of.get(c, digits)) if c in cells else "" for c in columns])
+        body.append(label + ["ours"] + [fmt_ours(cells[c], digits_of.get(c, digits)) if c in cells else ""
+                                        for c in columns])
         body.append([""] * len(label) + ["paper"] + [
             fmt_pm(cells[c]["paper"], cells[c]["paper_std"], digits_of.get(c, digits)) if c in cells else ""
             for c in columns])
@@ -292,7 +218,7 @@ def markdown_table(name: str, df: pd.DataFrame) -> str:
              "table5": "Table 5: peak memory (GB = 2^30 bytes)",
              "table6": "Table 6: LoRA-FA under different initialisations of A (accuracy)",
              "table7": "Table 7: LoRA-FA under different alpha (accuracy)"}[name]
-    lines = f"# {title}\n\n" + _mapping_note(df)
+    lines = f"# {title}\n\n" + mapping_note(df)
     lines += ("ours = mean ± sample std over repeated measurements; " if name == "table5" else
               "ours = mean ± sample std over seeds of the best setting per cell; ")
     lines += "an empty cell says why in italics.\n\n"
@@ -301,17 +227,13 @@ def markdown_table(name: str, df: pd.DataFrame) -> str:
     if name == "table4":
         return lines + _wide(df, ["model", "task", "method"], 1)
     if name == "table5":
-        header = ["Model", "Method", "Rank", "Batch", "Mem (GB)", "Source", "Paper rank", "Paper Mem (GB)", "Delta"]
-        body = [[r["model"], method_label(r["method"]), fmt(r["r"], 0), fmt(r["batch_size"], 0), _ours(r, 2),
-                 r["memory_source"], fmt(r["paper_r"], 0) or "-", r["paper_note"] or fmt(r["paper"], 2),
-                 fmt(r["delta"], 2)] for _, r in df.iterrows()]
-        return lines + markdown(header, body)
+        return lines + table5_markdown(df)
     key = "init_a" if name == "table6" else "alpha"
     label = (lambda v: P.INIT_LABELS.get(v, v)) if key == "init_a" else str
     header = ["Model", "Task", "Method", "Init of A" if key == "init_a" else "alpha", "Range of lr (ours)",
               "Best lr", "Accuracy (ours)", "Range of lr (paper)", "Accuracy (paper, MRPC)", "Delta"]
     body = [[r["model"], task_label(r["task"]), method_label(r["method"]), label(r[key]), r["lr_range"],
-             fmt_lr(r["lr"]), _ours(r, 2), r["paper_lr_range"], fmt_pm(r["paper"], r["paper_std"], 2),
+             fmt_lr(r["lr"]), fmt_ours(r, 2), r["paper_lr_range"], fmt_pm(r["paper"], r["paper_std"], 2),
              fmt(r["delta"], 2)] for _, r in df.iterrows()]
     note = (f"An lr converges when no seed diverged and its mean accuracy is within {CONVERGE_TOL:g} "
             "points of the row's best.\n")

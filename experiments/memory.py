@@ -106,17 +106,15 @@ def _table5_cells() -> dict:
 
 
 def _table5(records) -> tuple[list[dict], str]:
-    from analysis.common import MODEL_TO_PAPER
-    from analysis.paper_values import TABLE5
-    from lorafa.memory.report import table5_markdown, table5_rows
+    from analysis.table5 import configured_markdown, configured_rows
 
-    rows = table5_rows(records, _table5_cells(), TABLE5, MODEL_TO_PAPER)
-    return rows, table5_markdown(rows)
+    rows = configured_rows(records, _table5_cells())
+    return rows, configured_markdown(rows)
 
 
 def print_tables(records, experiments=None) -> None:
     """A summary table per experiment; Table 5 also beside the paper's values."""
-    from lorafa.memory.report import summary_markdown
+    from analysis.memory_tables import summary_markdown
 
     exps = list(dict.fromkeys(r["experiment"] for r in records)) if experiments is None else experiments
     for exp in exps:
@@ -138,9 +136,8 @@ def _header(commands: list[str], notes: list[str]) -> str:
 
 def write_report(root: Path, out: Path) -> list[Path]:
     """results/<scale>/memory/table5_simulated.{md,csv} and llama_dropout_ratio.md from the records."""
-    import pandas as pd
-
-    from lorafa.memory.report import dropout_ratio_markdown, dropout_ratio_rows
+    from analysis.memory_tables import dropout_ratio_markdown, dropout_ratio_rows
+    from analysis.table5 import configured_frame, ratio_markdown
     from lorafa.results import load_records
 
     records = load_records(root)
@@ -168,14 +165,9 @@ def write_report(root: Path, out: Path) -> list[Path]:
         "  absolute values differ by setup; the ratios below compare the methods within each.",
         "",
     ]
-    from lorafa.memory.report import table5_ratio_markdown
-
     (out / "table5_simulated.md").write_text(_header(REPORT_COMMANDS["table5"], []) + "\n" + "\n".join(notes)
-                                             + "\n" + table + "\nRatios of peaks:\n\n" + table5_ratio_markdown(rows))
-    frame = pd.DataFrame(rows)
-    for col in ("r", "paper_r"):
-        frame[col] = frame[col].astype("Int64")
-    frame.to_csv(out / "table5_simulated.csv", index=False)
+                                             + "\n" + table + "\nRatios of peaks:\n\n" + ratio_markdown(rows))
+    configured_frame(rows).to_csv(out / "table5_simulated.csv", index=False)
 
     ratios = dropout_ratio_rows(records)
     setting = next((r["setting"] for r in ratios if r["setting"]), "no records")
@@ -213,10 +205,10 @@ def tables_main(argv: list[str]) -> int:
         for path in write_report(root, Path(args.out) if args.out else root / "memory"):
             print(f"[memory] wrote {path}")
         return 0
-    from lorafa.memory.report import _as_dicts
+    from analysis.common import record_dicts
     from lorafa.results import load_records
 
-    records = _as_dicts(load_records(root))
+    records = record_dicts(load_records(root))
     if not records:
         print(f"[memory] no records under {root}")
         return 1

@@ -152,7 +152,7 @@ def test_multirun_writes_one_record_per_point_and_reuses_them(tmp_path):
     assert (root / "runs.jsonl").read_text().splitlines() == lines
 
     from analysis import figures
-    figures.build_fig3(df)  # analysis/ selects them by experiment name
+    assert len(figures.fig3_data(df)) == 2  # analysis/ selects them by experiment name: one bar per method
     assert cli.tables_main(["--table", "fig3", "--results-dir", str(root)]) == 0
 
     paths = cli.write_report(root, tmp_path / "report")

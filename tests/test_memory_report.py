@@ -1,7 +1,9 @@
-"""lorafa.memory.report: Table 5 beside the paper and the dropout ratio table, from records."""
+"""The memory report's tables from records: Table 5's configured cells beside the paper, the dropout
+ratio table, the per-record summary (analysis.table5, analysis.memory_tables)."""
 
-from lorafa.memory.report import (GIB, dropout_ratio_markdown, dropout_ratio_rows, summary_markdown, table5_markdown,
-                                  table5_rows)
+from analysis.memory_tables import dropout_ratio_markdown, dropout_ratio_rows, summary_markdown
+from analysis.table5 import configured_markdown, configured_rows, ratio_markdown
+from lorafa.memory.report import GIB, gib, options_label
 from lorafa.results import RunRecord
 
 
@@ -15,17 +17,31 @@ def rec(method, peak_gib, experiment="table5", model="llama-7b", batch=16, seq=1
 
 def test_table5_picks_the_configured_cell_and_sits_beside_the_paper():
     cells = {"llama-7b": {"batch_size": 16, "seq_len": 1024, "r": 64, "attn_implementation": "sdpa"}}
-    paper = {("LLaMA-7B", "full_ft"): (None, None), ("LLaMA-7B", "lora"): (64, 76.74),
-             ("LLaMA-7B", "lora_fa"): (64, 61.49)}
     records = [rec("full_ft", 186.0, status="oom"), rec("lora", 99.0, attn="eager"), rec("lora", 105.0),
                rec("lora_fa", 50.0, batch=8)]
-    rows = table5_rows(records, cells, paper, {"llama-7b": "LLaMA-7B"})
+    rows = configured_rows(records, cells)
     by = {r["method"]: r for r in rows}
     assert by["full_ft"]["status"] == "oom" and by["full_ft"]["paper_note"] == "OOM"
     assert by["lora"]["peak_gib"] == 105.0 and by["lora"]["ours_over_paper"] == round(105 / 76.74, 2)
     assert by["lora_fa"]["status"] == "not run"  # batch 8 is not the configured cell
-    md = table5_markdown(rows)
+    md = configured_markdown(rows)
     assert "| LLaMA-7B | LoRA | 64 | 16 | 1024 | sdpa | 105.00 |" in md and "186.00 (OOM)" in md
+    # LoRA / Full-FT: ours 105 / 186 = 0.56; the paper's Full-FT ran out of memory, so no ratio
+    assert "| LLaMA-7B | - | 0.80 | 0.56 | - |" in ratio_markdown(rows)
+
+
+def test_a_stand_in_is_labelled_as_itself_and_compared_with_its_paper_model():
+    cells = {"tiny-llama": {"batch_size": 16, "seq_len": 1024, "r": 64, "attn_implementation": "sdpa"}}
+    rows = configured_rows([rec("lora", 38.37, model="tiny-llama")], cells)
+    lora = next(r for r in rows if r["method"] == "lora")
+    assert (lora["model"], lora["paper_gb"], lora["ours_over_paper"]) == ("tiny-LLaMA", 76.74, 0.5)
+
+
+def test_point_line_helpers():
+    assert gib(3 * GIB) == 3.0 and gib(None) is None
+    assert options_label({"attn_implementation": "sdpa", "zero_shards": 8, "num_adapted_layers": 224,
+                          "dropout": 0.1}, "lora") == "attn=sdpa, ZeRO-3 x8, layers=224, dropout=0.1"
+    assert options_label({"num_adapted_layers": 0}, "full_ft") == ""
 
 
 def test_dropout_ratios_ours_and_peft():

@@ -7,7 +7,8 @@ Submodules: activations (activation_report), analytic (Table 1), point (MemoryPo
 validated training step to measure), workload (its model, adapters and batch), tracker
 (live-storage counting), optim (mixed-precision AdamW), nf4 (QLoRA storage), simulate (fake
 tensors), cuda (GPU meter), cpu (peak memory of a CPU run by accounting), measure (measure,
-measure_peak_memory, run_point: a point -> one run record through lorafa.runner). Model
+measure_peak_memory, run_point: a point -> one run record through lorafa.runner), report (GiB
+and the options label of a point's one-line summary; the tables are in analysis/). Model
 architectures come from lorafa.models. Attributes load lazily so `lorafa.memory.analytic`
 needs no torch.
 """

@@ -30,6 +30,7 @@ class TaskSpec:
     table_scale: float
     hub_id: str
     hub_config: str | None = None
+    label: str = ""  # how the paper's tables and figures name the task ("SST-2", "WMT16 En-Ro")
     # split -> path relative to the data dir, in the original release layout.
     local_files: Mapping[str, str] = field(default_factory=_empty)
     # split -> the hub's name for it (identity where absent).
@@ -56,7 +57,7 @@ def _glue(name, folder, metrics, primary, num_labels, label_names=(), family="cl
                                              "validation": f"glue/{folder}/dev.tsv"}
     return TaskSpec(
         name=f"glue/{name}", family=family, metrics=metrics, primary_metric=primary,
-        table_scale=100.0, hub_id="nyu-mll/glue", hub_config=name,
+        table_scale=100.0, hub_id="nyu-mll/glue", hub_config=name, label=folder,
         local_files=MappingProxyType(files), hub_splits=MappingProxyType(hub_splits or {}),
         eval_splits=eval_splits, num_labels=num_labels, label_names=tuple(label_names),
     )
@@ -80,7 +81,7 @@ _SPECS = [
     _glue("rte", "RTE", ("accuracy",), "accuracy", 2, _NLI2),
     TaskSpec(
         name="wmt16_en_ro", family="seq2seq", metrics=("bleu", "rougeL"), primary_metric="bleu",
-        table_scale=1.0, hub_id="wmt/wmt16", hub_config="ro-en",
+        table_scale=1.0, hub_id="wmt/wmt16", hub_config="ro-en", label="WMT16 En-Ro",
         # Local train is the first 10k Europarl lines (the full corpus is hub-only);
         # newstest2016 is hub-only, so "test" is never silently the dev set.
         local_files=MappingProxyType({
@@ -92,20 +93,20 @@ _SPECS = [
     ),
     TaskSpec(
         name="alpaca", family="instruction", metrics=("mmlu_accuracy",),
-        primary_metric="mmlu_accuracy", table_scale=100.0, hub_id="tatsu-lab/alpaca",
+        primary_metric="mmlu_accuracy", table_scale=100.0, hub_id="tatsu-lab/alpaca", label="Alpaca",
         local_files=MappingProxyType({"train": "alpaca/alpaca_en_demo.json"}),
         eval_splits=(), eval_task="mmlu",
     ),
     TaskSpec(
         name="flanv2", family="instruction", metrics=("mmlu_accuracy",),
-        primary_metric="mmlu_accuracy", table_scale=100.0,
+        primary_metric="mmlu_accuracy", table_scale=100.0, label="FLAN v2",
         # Tulu v2's 50k FLAN v2 sample, the size the paper takes from Dettmers et al.
         hub_id="allenai/tulu-v2-sft-mixture", eval_splits=(), eval_task="mmlu",
         notes="rows with dataset == 'flan_v2' (50,000) of the Tulu v2 SFT mixture",
     ),
     TaskSpec(
         name="mmlu", family="mmlu", metrics=("accuracy",), primary_metric="accuracy",
-        table_scale=100.0, hub_id="cais/mmlu",
+        table_scale=100.0, hub_id="cais/mmlu", label="MMLU",
         # One CSV per subject: mmlu/{dir}/{subject}_{dir}.csv
         local_files=MappingProxyType({"dev": "mmlu/dev", "validation": "mmlu/val",
                                       "test": "mmlu/test"}),
