@@ -3,9 +3,9 @@
     python experiments/pretrain_tiny.py --model all --minutes 13 --threads 1 [--out models/]
 
 Each model is built from conf/model/<name>.yaml's `arch` through lorafa.models (vocabulary and
-special ids from the models/tiny-bpe tokenizer), trained on lorafa.corpus.iter_corpus() for a
-wall-clock budget, and saved to <out>/<name>/ (float16 safetensors, config, tokenizer,
-training_log.jsonl, README.md with the exact command). tiny-t5's tokenizer is tiny-bpe plus 32
+special ids from the models/tiny-bpe tokenizer), trained with pretraining.py's objectives on
+corpus.py's text for a wall-clock budget, and saved to <out>/<name>/ (float16 safetensors,
+config, tokenizer, training_log.jsonl, README.md with the exact command). tiny-t5's tokenizer is tiny-bpe plus 32
 sentinel tokens <extra_id_0..31> (ids 8192..8223), saved with the checkpoint. The last 10% of
 the WikiText-2 test lines are held out from training and give the reported eval loss.
 Set `path: models/<name>` in conf/model/<name>.yaml to use a checkpoint.
@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 NAMES = ("tiny-roberta", "tiny-t5", "tiny-llama")
 # Per-model defaults (lr, batch); all use 128-token blocks.
@@ -53,7 +52,7 @@ def build(name: str, seed: int = 0, dropout: float | None = 0.0):
     from transformers import AutoModelForMaskedLM
 
     from lorafa.models import load_model, load_tokenizer
-    from lorafa.pretrain import OBJECTIVES, Objective, add_sentinels
+    from pretraining import OBJECTIVES, Objective, add_sentinels
 
     spec = model_spec(name)
     spec.validate()
@@ -78,9 +77,9 @@ def build(name: str, seed: int = 0, dropout: float | None = 0.0):
 
 def corpus_split(tokenizer, objective, block: int):
     """Train blocks from the corpus minus the held-out WikiText-2 test lines; eval blocks from those."""
-    from lorafa.corpus import iter_corpus
+    from corpus import iter_corpus
     from lorafa.paths import data_dir
-    from lorafa.pretrain import block_layout, pack_blocks, tokenize_lines
+    from pretraining import block_layout, pack_blocks, tokenize_lines
 
     test = [ln.strip() for ln in (data_dir() / "text/wikitext-2/test.txt").read_text(encoding="utf-8").splitlines()
             if ln.strip()]
@@ -95,7 +94,7 @@ def corpus_split(tokenizer, objective, block: int):
 
 
 def run_one(name: str, args, command: str) -> dict:
-    from lorafa.pretrain import PretrainConfig, pretrain
+    from pretraining import PretrainConfig, pretrain
 
     t0 = time.time()
     model, tokenizer, objective, restore = build(name, args.seed, None if args.keep_dropout else 0.0)
@@ -123,7 +122,7 @@ def check_order(path: Path, block: int, eval_blocks: int) -> dict:
     import torch
     from transformers import AutoModelForMaskedLM, AutoTokenizer
 
-    from lorafa.pretrain import Objective, word_order_check
+    from pretraining import Objective, word_order_check
 
     if not (path / "config.json").is_file():
         raise SystemExit(f"--check-order: no checkpoint at {path} (expected {path / 'config.json'})")

@@ -17,8 +17,9 @@ are joined with ``</s>``, and the stream is cut into blocks (``<s>`` + text + ``
 encoder, ``<s>`` + text for the decoder, plain text for span corruption, whose targets and
 inputs each end with ``</s>``). No padding is ever needed.
 
-experiments/pretrain_tiny.py is the command line; this module has no Hydra and no file layout
-beyond the output folder it is given.
+experiments/pretrain_tiny.py is the command line. This module lives beside it, not in lorafa,
+because only the tiny models of scale=mini need it: the library adapts pretrained models, it
+does not make them. It has no Hydra and no file layout beyond the output folder it is given.
 """
 
 from __future__ import annotations
@@ -303,17 +304,35 @@ class PretrainConfig:
     save_dtype: str = "float16"
 
 
+@dataclass
+class Progress:
+    """Where a run stands: kept in resume.pt (with the weights, optimizer and random states) so a
+    resumed run continues the same data order and time budget."""
+
+    step: int = 0
+    epoch: int = 0
+    cursor: int = 0  # next block of this epoch's permutation
+    elapsed: float = 0.0  # training seconds spent so far, over every process of the run
+    init_eval: float | None = None
+
+
+@dataclass
+class Randomness:
+    """The two random streams of the objectives (torch: MLM masks; numpy: T5 spans)."""
+
+    gen: torch.Generator
+    rng: np.random.Generator
+
+    @classmethod
+    def seeded(cls, seed: int) -> "Randomness":
+        return cls(torch.Generator().manual_seed(seed), np.random.default_rng(seed))
+
+
 def lr_factor(step: int, progress: float, cfg: PretrainConfig) -> float:
     """Linear warmup over steps, then cosine decay to min_lr_ratio over the *time* budget."""
     warm = min(1.0, (step + 1) / max(cfg.warmup_steps, 1))
     progress = min(max(progress, 0.0), 1.0)
     return warm * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
-def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def machine_description(threads: int) -> str:
@@ -339,102 +358,137 @@ def pretrain(model, tokenizer, objective: Objective, train_blocks: torch.Tensor,
     With ``resume=True`` a run continues from ``<out>.partial/resume.pt`` if one exists.
     ``config_overrides`` are set on model.config before saving (e.g. the fine-tuning dropout).
     """
-    from tqdm.auto import tqdm
-
     out = Path(out)
     work = out.with_name(out.name + ".partial")
-    state_path, log_path = work / "resume.pt", work / "training_log.jsonl"
-    budget_s = cfg.minutes * 60.0
     torch.manual_seed(cfg.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.98))
-    step, elapsed_before, epoch, cursor = 0, 0.0, 0, 0
-    gen = torch.Generator().manual_seed(cfg.seed)
-    rng = np.random.default_rng(cfg.seed)
-    init_eval = None
-    if resume and state_path.is_file():
-        state = torch.load(state_path, weights_only=False)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        step, elapsed_before, epoch, cursor = state["step"], state["elapsed"], state["epoch"], state["cursor"]
-        gen.set_state(state["gen"])
-        rng.bit_generator.state = state["rng"]
-        init_eval = state["init_eval"]
-    else:
-        if work.exists():
-            shutil.rmtree(work)
-        work.mkdir(parents=True)
-    if init_eval is None:
-        init_eval = evaluate(model, objective, eval_blocks)
-        with log_path.open("a") as f:
-            f.write(json.dumps({"step": 0, "elapsed_s": 0.0, "eval_loss": init_eval, "note": "random init"}) + "\n")
-
-    def order(ep: int) -> torch.Tensor:
-        return torch.randperm(len(train_blocks), generator=torch.Generator().manual_seed(cfg.seed * 1000 + ep))
-
-    perm = order(epoch)
-    model.train()
-    t0 = time.time()
-    last_ckpt = t0
-    running, running_n = 0.0, 0
-    last_loss = float("nan")
-    bar = tqdm(total=int(budget_s), unit="s", desc=f"pretrain {out.name}", disable=not progress,
-               mininterval=5.0, initial=int(elapsed_before))
-    while True:
-        elapsed = elapsed_before + time.time() - t0
-        if elapsed >= budget_s or (cfg.max_steps is not None and step >= cfg.max_steps):
-            break
-        if cursor + cfg.batch_size > len(train_blocks):
-            epoch, cursor = epoch + 1, 0
-            perm = order(epoch)
-        batch = train_blocks[perm[cursor:cursor + cfg.batch_size]]
-        cursor += cfg.batch_size
-        for group in optimizer.param_groups:
-            group["lr"] = cfg.lr * lr_factor(step, elapsed / budget_s, cfg)
-        loss = objective.loss(model, batch, generator=gen, rng=rng)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        step += 1
-        running += loss.item()
-        running_n += 1
-        if step % cfg.log_every == 0:
-            last_loss = running / running_n
-            record = {"step": step, "epoch": epoch, "elapsed_s": round(elapsed, 1), "loss": round(last_loss, 4),
-                      "lr": optimizer.param_groups[0]["lr"], "tokens": step * cfg.batch_size * train_blocks.shape[1]}
-            with log_path.open("a") as f:
-                f.write(json.dumps(record) + "\n")
-            running, running_n = 0.0, 0
-            bar.set_postfix(step=step, loss=f"{last_loss:.3f}", refresh=False)
-        bar.update(int(elapsed) - bar.n)
-        if time.time() - last_ckpt >= cfg.checkpoint_minutes * 60:
-            _atomic_save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                          "elapsed": elapsed_before + time.time() - t0, "epoch": epoch, "cursor": cursor,
-                          "gen": gen.get_state(), "rng": rng.bit_generator.state, "init_eval": init_eval}, state_path)
-            last_ckpt = time.time()
-    bar.close()
-    wall = elapsed_before + time.time() - t0
-    if running_n:
-        last_loss = running / running_n
-    final_eval = evaluate(model, objective, eval_blocks)
-    summary = {"step": step, "epoch": epoch, "elapsed_s": round(wall, 1), "final_train_loss": round(last_loss, 4),
-               "eval_loss": round(final_eval, 4), "init_eval_loss": round(init_eval, 4),
-               "tokens": step * cfg.batch_size * train_blocks.shape[1], "note": "final"}
-    with log_path.open("a") as f:
-        f.write(json.dumps(summary) + "\n")
-
-    # Save: half precision keeps the three checkpoints within the 20 MB budget.
-    for key, value in (config_overrides or {}).items():
-        setattr(model.config, key, value)
-    model.to(getattr(torch, cfg.save_dtype))
-    model.save_pretrained(str(work))
-    tokenizer.save_pretrained(str(work))
-    n_params = sum(p.numel() for p in model.parameters())
+    random = Randomness.seeded(cfg.seed)
+    state = _start(work, model, optimizer, random, resume)
+    if state.init_eval is None:
+        state.init_eval = evaluate(model, objective, eval_blocks)
+        _log(work, {"step": 0, "elapsed_s": 0.0, "eval_loss": state.init_eval, "note": "random init"})
+    last_loss = _train(model, objective, optimizer, train_blocks, cfg, state, random, work, progress)
+    summary = {"step": state.step, "epoch": state.epoch, "elapsed_s": round(state.elapsed, 1),
+               "final_train_loss": round(last_loss, 4),
+               "eval_loss": round(evaluate(model, objective, eval_blocks), 4),
+               "init_eval_loss": round(state.init_eval, 4),
+               "tokens": state.step * cfg.batch_size * train_blocks.shape[1], "note": "final"}
+    _log(work, summary)
+    n_params = _save(model, tokenizer, work, cfg.save_dtype, config_overrides)
     (work / "README.md").write_text(_readme(out.name, command, summary, cfg, n_params, objective.kind,
                                             train_blocks, eval_blocks, threads, extra_readme))
-    if state_path.exists():
-        state_path.unlink()
+    _publish(work, out)
+    summary["n_params"] = n_params
+    return summary
+
+
+def _start(work: Path, model, optimizer, random: Randomness, resume: bool) -> Progress:
+    """A fresh ``work`` folder, or with ``resume`` the state of the run that left resume.pt there."""
+    state_path = work / "resume.pt"
+    if resume and state_path.is_file():
+        saved = torch.load(state_path, weights_only=False)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        random.gen.set_state(saved["gen"])
+        random.rng.bit_generator.state = saved["rng"]
+        return Progress(**{k: saved[k] for k in ("step", "epoch", "cursor", "elapsed", "init_eval")})
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    return Progress()
+
+
+def _train(model, objective: Objective, optimizer, blocks: torch.Tensor, cfg: PretrainConfig, state: Progress,
+           random: Randomness, work: Path, progress: bool) -> float:
+    """Optimizer steps until the time budget or max_steps is spent (``state`` advances); the mean
+    training loss of the last logging window."""
+    from tqdm.auto import tqdm
+
+    budget_s = cfg.minutes * 60.0
+    perm = _epoch_order(len(blocks), cfg.seed, state.epoch)
+    model.train()
+    before, t0 = state.elapsed, time.time()
+    last_ckpt = t0
+    window: list[float] = []
+    last_loss = float("nan")
+    bar = tqdm(total=int(budget_s), unit="s", desc=f"pretrain {work.name.removesuffix('.partial')}",
+               disable=not progress, mininterval=5.0, initial=int(before))
+    while True:
+        elapsed = before + time.time() - t0
+        if elapsed >= budget_s or (cfg.max_steps is not None and state.step >= cfg.max_steps):
+            break
+        if state.cursor + cfg.batch_size > len(blocks):
+            state.epoch, state.cursor = state.epoch + 1, 0
+            perm = _epoch_order(len(blocks), cfg.seed, state.epoch)
+        batch = blocks[perm[state.cursor:state.cursor + cfg.batch_size]]
+        state.cursor += cfg.batch_size
+        lr = cfg.lr * lr_factor(state.step, elapsed / budget_s, cfg)
+        window.append(_step(model, objective, optimizer, batch, lr, cfg.grad_clip, random))
+        state.step += 1
+        if state.step % cfg.log_every == 0:
+            last_loss, window = sum(window) / len(window), []
+            _log(work, {"step": state.step, "epoch": state.epoch, "elapsed_s": round(elapsed, 1),
+                        "loss": round(last_loss, 4), "lr": lr,
+                        "tokens": state.step * cfg.batch_size * blocks.shape[1]})
+            bar.set_postfix(step=state.step, loss=f"{last_loss:.3f}", refresh=False)
+        bar.update(int(elapsed) - bar.n)
+        if time.time() - last_ckpt >= cfg.checkpoint_minutes * 60:
+            state.elapsed = before + time.time() - t0
+            _save_resume_state(work / "resume.pt", model, optimizer, state, random)
+            last_ckpt = time.time()
+    bar.close()
+    state.elapsed = before + time.time() - t0
+    return sum(window) / len(window) if window else last_loss
+
+
+def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The block order of one epoch, a function of (seed, epoch) alone so a resumed run keeps it."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1000 + epoch))
+
+
+def _step(model, objective: Objective, optimizer, batch: torch.Tensor, lr: float, grad_clip: float,
+          random: Randomness) -> float:
+    """One optimizer step at learning rate ``lr``; the batch's loss."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    loss = objective.loss(model, batch, generator=random.gen, rng=random.rng)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    return loss.item()
+
+
+def _log(work: Path, record: dict) -> None:
+    with (work / "training_log.jsonl").open("a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _save_resume_state(path: Path, model, optimizer, state: Progress, random: Randomness) -> None:
+    """resume.pt, written atomically: a crash while saving keeps the previous one."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), **asdict(state),
+                "gen": random.gen.get_state(), "rng": random.rng.bit_generator.state}, tmp)
+    os.replace(tmp, path)
+
+
+def _save(model, tokenizer, work: Path, dtype: str, config_overrides: dict | None) -> int:
+    """The checkpoint into ``work`` (resume.pt removed); its number of parameters.
+
+    Half precision keeps the three checkpoints within the 20 MB budget.
+    """
+    for key, value in (config_overrides or {}).items():
+        setattr(model.config, key, value)
+    model.to(getattr(torch, dtype))
+    model.save_pretrained(str(work))
+    tokenizer.save_pretrained(str(work))
+    (work / "resume.pt").unlink(missing_ok=True)
+    return sum(p.numel() for p in model.parameters())
+
+
+def _publish(work: Path, out: Path) -> None:
+    """Rename the finished ``work`` folder to ``out``; the previous checkpoint is removed only after."""
     old = out.with_name(out.name + ".old")
     if out.exists():
         if old.exists():
@@ -443,8 +497,6 @@ def pretrain(model, tokenizer, objective: Objective, train_blocks: torch.Tensor,
     os.replace(work, out)
     if old.exists():
         shutil.rmtree(old)
-    summary["n_params"] = n_params
-    return summary
 
 
 def _readme(name, command, s, cfg, n_params, kind, train_blocks, eval_blocks, threads, extra) -> str:
@@ -454,7 +506,7 @@ def _readme(name, command, s, cfg, n_params, kind, train_blocks, eval_blocks, th
     return f"""# {name}
 
 A tiny base model for the mini scale of lorafa, pretrained by `experiments/pretrain_tiny.py`
-with the {objective} objective on `lorafa.corpus.iter_corpus()` (WikiText-2, Tiny Shakespeare
+with the {objective} objective on `iter_corpus()` of `experiments/corpus.py` (WikiText-2, Tiny Shakespeare
 and the unlabeled sentences of the task training files), packed into {train_blocks.shape[1]}-token blocks.
 The last 10% of the WikiText-2 test lines are held out from pretraining and used for the eval loss.
 
@@ -478,7 +530,3 @@ Regenerate (`make base-models` runs the same script):
 `training_log.jsonl` has the loss every {cfg.log_every} steps. Load with `from_pretrained` like any hub
 model (the config's dtype is {cfg.save_dtype}; lorafa loads in float32 by default).
 {extra}"""
-
-
-def config_summary(cfg: PretrainConfig) -> dict:
-    return asdict(cfg)
