@@ -4,8 +4,8 @@
 
 Each model is built from conf/model/<name>.yaml's `arch` through lorafa.models (vocabulary and
 special ids from the models/tiny-bpe tokenizer), trained with pretraining.py's objectives on
-corpus.py's text for a wall-clock budget, and saved to <out>/<name>/ (float16 safetensors,
-config, tokenizer, training_log.jsonl, README.md with the exact command). tiny-t5's tokenizer is tiny-bpe plus 32
+corpus.py's text for a wall-clock budget (pretrain_loop.py), and saved to <out>/<name>/ (float16
+safetensors, config, tokenizer, training_log.jsonl, README.md with the exact command). tiny-t5's tokenizer is tiny-bpe plus 32
 sentinel tokens <extra_id_0..31> (ids 8192..8223), saved with the checkpoint. The last 10% of
 the WikiText-2 test lines are held out from training and give the reported eval loss.
 Set `path: models/<name>` in conf/model/<name>.yaml to use a checkpoint.
@@ -94,7 +94,7 @@ def corpus_split(tokenizer, objective, block: int):
 
 
 def run_one(name: str, args, command: str) -> dict:
-    from pretraining import PretrainConfig, pretrain
+    from pretrain_loop import PretrainConfig, pretrain
 
     t0 = time.time()
     model, tokenizer, objective, restore = build(name, args.seed, None if args.keep_dropout else 0.0)

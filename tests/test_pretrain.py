@@ -1,4 +1,4 @@
-"""Pretraining objectives of the tiny base models (experiments/pretraining.py) and the committed checkpoints."""
+"""The tiny base models' pretraining (experiments/pretraining.py, pretrain_loop.py) and committed checkpoints."""
 
 from __future__ import annotations
 
@@ -12,10 +12,11 @@ from transformers import (AutoTokenizer, LlamaConfig, LlamaForCausalLM, RobertaC
 
 from lorafa.paths import REPO_ROOT
 
-# experiments/pretraining.py: pytest's pythonpath (pyproject.toml) has experiments/
-from pretraining import (Objective, PretrainConfig, add_sentinels, block_layout, clm_batch, evaluate,
-                         mask_tokens, pack_blocks, pretrain, shuffle_context, span_batch, span_corrupt,
-                         span_shape, span_uncorrupt, tokenize_lines, word_order_check)
+# experiments/pretraining.py and pretrain_loop.py: pytest's pythonpath (pyproject.toml) has experiments/
+from pretrain_loop import PretrainConfig, pretrain
+from pretraining import (Objective, add_sentinels, block_layout, clm_batch, evaluate, mask_tokens, pack_blocks,
+                         shuffle_context, span_batch, span_corrupt, span_shape, span_uncorrupt, tokenize_lines,
+                         word_order_check)
 
 BPE = REPO_ROOT / "models" / "tiny-bpe"
 NAMES = ("tiny-roberta", "tiny-t5", "tiny-llama")
