@@ -57,7 +57,7 @@ def _choices(override: Override) -> list[str]:
     if not override.is_sweep_override():
         return [f"{key}={override.get_value_element_as_str()}"]
     if not override.is_discrete_sweep():
-        raise ValueError(f"{key}: only choice sweeps (a,b,c) expand here, as in Hydra's basic sweeper")
+        raise ValueError(f"{key}: only discrete sweeps (a,b,c or range) expand here, as in Hydra's basic sweeper")
     return [f"{key}={value}" for value in override.sweep_string_iterator()]
 
 

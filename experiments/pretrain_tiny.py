@@ -5,9 +5,10 @@
 Each model is built from conf/model/<name>.yaml's `arch` through lorafa.models (vocabulary and
 special ids from the models/tiny-bpe tokenizer), trained with pretraining.py's objectives on
 corpus.py's text for a wall-clock budget (pretrain_loop.py), and saved to <out>/<name>/ (float16
-safetensors, config, tokenizer, training_log.jsonl, README.md with the exact command). tiny-t5's tokenizer is tiny-bpe plus 32
-sentinel tokens <extra_id_0..31> (ids 8192..8223), saved with the checkpoint. The last 10% of
-the WikiText-2 test lines are held out from training and give the reported eval loss.
+safetensors, config, tokenizer, training_log.jsonl, README.md with the exact command).
+tiny-t5's tokenizer is tiny-bpe plus 32 sentinel tokens <extra_id_0..31> (ids 8192..8223),
+saved with the checkpoint. The last 10% of the WikiText-2 test lines are held out from
+training and give the reported eval loss.
 Set `path: models/<name>` in conf/model/<name>.yaml to use a checkpoint.
 """
 
@@ -113,7 +114,8 @@ def run_one(name: str, args, command: str) -> dict:
         extra += ("\nTokenizer: models/tiny-bpe plus 32 sentinel tokens `<extra_id_0>`..`<extra_id_31>` "
                  "(ids 8192-8223, added as special tokens), saved here; the model's vocabulary covers them.\n")
     summary = pretrain(model, tokenizer, objective, train, held, args.out / name, cfg, command=command,
-                       threads=args.threads, resume=args.resume, config_overrides=restore, extra_readme=extra, progress=not args.no_progress)
+                       threads=args.threads, resume=args.resume, config_overrides=restore, extra_readme=extra,
+                       progress=not args.no_progress)
     print(f"[{name}] done: {summary}", flush=True)
     return summary
 
