@@ -20,9 +20,13 @@ RESULTS := $(or $(LORAFA_RESULTS_DIR),results)/$(SCALE)
 help:
 	@sed -n '2,6p' Makefile
 
-$(VENV)/.installed: requirements.txt
+# lorafa is installed editable, so scripts import it from anywhere without touching sys.path;
+# its build backend is the venv's own setuptools (torch requires one), so nothing is downloaded.
+$(VENV)/.installed: requirements.txt pyproject.toml
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --disable-pip-version-check $(FIND_LINKS) -r requirements.txt
+	$(VENV)/bin/pip install -q --disable-pip-version-check --no-deps --no-build-isolation \
+		--check-build-dependencies -e .
 	touch $@
 
 venv: $(VENV)/.installed

@@ -16,7 +16,6 @@ import argparse
 import copy
 import csv
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -24,10 +23,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from lorafa import AdapterConfig, activation_report, add_adapters  # noqa: E402
-from lorafa.paths import results_dir  # noqa: E402
+from lorafa import AdapterConfig, activation_report, add_adapters
+from lorafa.paths import results_dir
 
 METHODS = ("full_ft", "lora", "lora_fa", "peft_lora", "peft_lora_frozen_a")
 

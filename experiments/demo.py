@@ -5,14 +5,16 @@
 3. the paper-scale memory results by simulation (conf/memory/experiment/),
 4. every table and figure into results/mini/, then a short summary.
 
-Sweeps are expanded with Hydra's own sweeper logic and run in this one process, so a
-rerun with everything finished takes seconds and one progress bar covers the whole demo.
+Sweeps are expanded as Hydra's basic sweeper expands them (the same jobs in the same order)
+and run in this one process, so a rerun with everything finished takes seconds and one
+progress bar covers the whole demo.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import itertools
 import json
 import os
 import platform
@@ -22,15 +24,13 @@ import time
 import traceback
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "experiments"))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the demo never reaches the hub
+from hydra import compose, initialize_config_dir
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
+from tqdm import tqdm
 
-from hydra import compose, initialize_config_dir  # noqa: E402
-from hydra._internal.core_plugins.basic_sweeper import BasicSweeper  # noqa: E402
-from hydra.core.override_parser.overrides_parser import OverridesParser  # noqa: E402
-from tqdm import tqdm  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the demo never reaches the hub
 
 # Figure 4's curves come from Table 2's periodic evaluations at this scale (no separate runs).
 TRAINING = ("table2", "table3", "table4_base", "table4", "table6", "table7", "fig6")
@@ -39,13 +39,26 @@ BASE_MODELS = ("tiny-roberta", "tiny-t5", "tiny-llama")
 
 
 def sweep_jobs(config_dir: Path, experiment: str) -> list[list[str]]:
-    """The override lists of every job of an experiment's sweep, as Hydra's BasicSweeper expands them."""
+    """The override lists of every job of an experiment's sweep (``hydra.sweeper.params``).
+
+    The jobs and their order are those of ``run.py -m experiment=...``: the cartesian product
+    of the params in the order they are written, the last one varying fastest.
+    """
     with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
         cfg = compose("config", overrides=[f"experiment={experiment}"], return_hydra_config=True)
     params = cfg.hydra.sweeper.get("params") or {}
     overrides = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in params.items()])
-    batches = BasicSweeper.split_arguments(overrides, None) if overrides else [[[]]]
-    return [[f"experiment={experiment}", *job] for batch in batches for job in batch]
+    return [[f"experiment={experiment}", *job] for job in itertools.product(*map(_choices, overrides))]
+
+
+def _choices(override: Override) -> list[str]:
+    """``key=value`` for each value of a ``key=a,b,c`` sweep (one for a plain override)."""
+    key = override.get_key_element()
+    if not override.is_sweep_override():
+        return [f"{key}={override.get_value_element_as_str()}"]
+    if not override.is_discrete_sweep():
+        raise ValueError(f"{key}: only discrete sweeps (a,b,c or range) expand here, as in Hydra's basic sweeper")
+    return [f"{key}={value}" for value in override.sweep_string_iterator()]
 
 
 def compose_job(config_dir: Path, overrides: list[str]):
@@ -133,10 +146,9 @@ def finish_memory_simulations(proc: subprocess.Popen, log: Path) -> None:
 
 
 def build_outputs(scale: str) -> None:
-    from analysis import figures, tables
-
-    tables.main(["--scale", scale])
-    figures.main(["--scale", scale])
+    """Every table and figure, as `make tables figures` builds them (analysis/ is not installed)."""
+    for module in ("analysis.tables", "analysis.figures"):
+        subprocess.run([sys.executable, "-m", module, "--scale", scale], cwd=ROOT, check=True)
 
 
 def _headlines(results_root: Path) -> list[str]:

@@ -3,11 +3,12 @@
     python experiments/pretrain_tiny.py --model all --minutes 13 --threads 1 [--out models/]
 
 Each model is built from conf/model/<name>.yaml's `arch` through lorafa.models (vocabulary and
-special ids from the models/tiny-bpe tokenizer), trained on lorafa.corpus.iter_corpus() for a
-wall-clock budget, and saved to <out>/<name>/ (float16 safetensors, config, tokenizer,
-training_log.jsonl, README.md with the exact command). tiny-t5's tokenizer is tiny-bpe plus 32
-sentinel tokens <extra_id_0..31> (ids 8192..8223), saved with the checkpoint. The last 10% of
-the WikiText-2 test lines are held out from training and give the reported eval loss.
+special ids from the models/tiny-bpe tokenizer), trained with pretraining.py's objectives on
+corpus.py's text for a wall-clock budget (pretrain_loop.py), and saved to <out>/<name>/ (float16
+safetensors, config, tokenizer, training_log.jsonl, README.md with the exact command).
+tiny-t5's tokenizer is tiny-bpe plus 32 sentinel tokens <extra_id_0..31> (ids 8192..8223),
+saved with the checkpoint. The last 10% of the WikiText-2 test lines are held out from
+training and give the reported eval loss.
 Set `path: models/<name>` in conf/model/<name>.yaml to use a checkpoint.
 """
 
@@ -21,7 +22,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 NAMES = ("tiny-roberta", "tiny-t5", "tiny-llama")
 # Per-model defaults (lr, batch); all use 128-token blocks.
@@ -53,7 +53,7 @@ def build(name: str, seed: int = 0, dropout: float | None = 0.0):
     from transformers import AutoModelForMaskedLM
 
     from lorafa.models import load_model, load_tokenizer
-    from lorafa.pretrain import OBJECTIVES, Objective, add_sentinels
+    from pretraining import OBJECTIVES, Objective, add_sentinels
 
     spec = model_spec(name)
     spec.check_files()
@@ -78,9 +78,9 @@ def build(name: str, seed: int = 0, dropout: float | None = 0.0):
 
 def corpus_split(tokenizer, objective, block: int):
     """Train blocks from the corpus minus the held-out WikiText-2 test lines; eval blocks from those."""
-    from lorafa.corpus import iter_corpus
+    from corpus import iter_corpus
     from lorafa.paths import data_dir
-    from lorafa.pretrain import block_layout, pack_blocks, tokenize_lines
+    from pretraining import block_layout, pack_blocks, tokenize_lines
 
     test = [ln.strip() for ln in (data_dir() / "text/wikitext-2/test.txt").read_text(encoding="utf-8").splitlines()
             if ln.strip()]
@@ -95,7 +95,7 @@ def corpus_split(tokenizer, objective, block: int):
 
 
 def run_one(name: str, args, command: str) -> dict:
-    from lorafa.pretrain import PretrainConfig, pretrain
+    from pretrain_loop import PretrainConfig, pretrain
 
     t0 = time.time()
     model, tokenizer, objective, restore = build(name, args.seed, None if args.keep_dropout else 0.0)
@@ -114,7 +114,8 @@ def run_one(name: str, args, command: str) -> dict:
         extra += ("\nTokenizer: models/tiny-bpe plus 32 sentinel tokens `<extra_id_0>`..`<extra_id_31>` "
                  "(ids 8192-8223, added as special tokens), saved here; the model's vocabulary covers them.\n")
     summary = pretrain(model, tokenizer, objective, train, held, args.out / name, cfg, command=command,
-                       threads=args.threads, resume=args.resume, config_overrides=restore, extra_readme=extra, progress=not args.no_progress)
+                       threads=args.threads, resume=args.resume, config_overrides=restore, extra_readme=extra,
+                       progress=not args.no_progress)
     print(f"[{name}] done: {summary}", flush=True)
     return summary
 
@@ -123,7 +124,7 @@ def check_order(path: Path, block: int, eval_blocks: int) -> dict:
     import torch
     from transformers import AutoModelForMaskedLM, AutoTokenizer
 
-    from lorafa.pretrain import Objective, word_order_check
+    from pretraining import Objective, word_order_check
 
     if not (path / "config.json").is_file():
         raise SystemExit(f"--check-order: no checkpoint at {path} (expected {path / 'config.json'})")

@@ -1,4 +1,4 @@
-"""Train the tiny models' byte-level BPE tokenizer on the local corpus (lorafa.corpus).
+"""Train the tiny models' byte-level BPE tokenizer on the local corpus (corpus.py).
 
     python experiments/train_tokenizer.py [--vocab-size 8192] [--out models/tiny-bpe]
 
@@ -9,17 +9,14 @@ RoBERTa-, T5- and LLaMA-shaped tiny models all use this one tokenizer.
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
+from tokenizers import ByteLevelBPETokenizer, processors
+from transformers import PreTrainedTokenizerFast
+
+from corpus import iter_corpus  # experiments/corpus.py, a sibling of this script
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from tokenizers import ByteLevelBPETokenizer, processors  # noqa: E402
-from transformers import PreTrainedTokenizerFast  # noqa: E402
-
-from lorafa.corpus import iter_corpus  # noqa: E402
-
 SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
 
 

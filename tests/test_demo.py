@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
+import demo  # experiments/demo.py: pytest's pythonpath (pyproject.toml) has experiments/
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "experiments"))
-import demo  # noqa: E402
 
 
 def test_sweep_jobs_expand_like_hydra_multirun():

@@ -43,9 +43,8 @@ class Dump(TrainerCallback):
 
 
 WORKER = """
-import json, sys
+import json
 from pathlib import Path
-sys.path.insert(0, {root!r})
 from hydra import compose, initialize_config_dir
 import tests.test_distributed as td
 from tests.test_pipeline import spec_for
@@ -60,7 +59,9 @@ for name, overrides in json.loads({runs!r}).items():
 def torchrun(script: str, tmp_path: Path, nproc: int = 2) -> subprocess.CompletedProcess:
     path = tmp_path / "worker.py"
     path.write_text(script)
-    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
+    # The import path pytest gives the tests (pyproject.toml), so the workers import tests.* and run.py.
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1",
+               PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "experiments")]))
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
                            f"--nproc_per_node={nproc}", str(path)], cwd=tmp_path, env=env, capture_output=True,
                           text=True, timeout=600)
@@ -73,7 +74,7 @@ def two_process_runs(tmp_path_factory):
     """One torchrun launch, 2 processes x per-device batch 4: the dropout-0 run and the dropout-0.1 run."""
     out = tmp_path_factory.mktemp("ddp")
     runs = {"equal": [*EQUAL, "trainer.batch_size=4"], "dropout": DROPOUT}
-    torchrun(WORKER.format(root=str(ROOT), out=str(out), runs=json.dumps(runs)), out)
+    torchrun(WORKER.format(out=str(out), runs=json.dumps(runs)), out)
     return out
 
 
@@ -104,8 +105,7 @@ def test_rank_zero_alone_writes_the_records(two_process_runs):
 
 
 FSDP_WORKER = textwrap.dedent("""
-    import sys, torch, torch.distributed as dist
-    sys.path.insert(0, {root!r})
+    import torch, torch.distributed as dist
     from torch.distributed.fsdp import fully_shard
     from tests.conftest import tiny_roberta
     from lorafa import AdapterConfig, add_adapters
@@ -126,14 +126,14 @@ FSDP_WORKER = textwrap.dedent("""
     g = torch.Generator().manual_seed(1)
     ids, labels = torch.randint(3, 120, (8, 12), generator=g), torch.randint(0, 2, (8,), generator=g)
     mine = slice(4 * rank, 4 * rank + 4)
-    report = {{}}
+    report = {}
     for mode in ("blocks", "frozen_only"):
         for dropout in (0.0, 0.1):
             # reference: the unsharded model on this rank's half batch, gradients averaged over ranks (DDP)
             ref = build(dropout)
             torch.manual_seed(123)  # the dropout seeds LoRA-FA draws: the same in both models
             ref(input_ids=ids[mine], labels=labels[mine]).loss.backward()
-            expected = {{}}
+            expected = {}
             for n, p in ref.named_parameters():
                 if p.requires_grad:
                     dist.all_reduce(p.grad)
@@ -162,8 +162,8 @@ FSDP_WORKER = textwrap.dedent("""
                     dist.all_reduce(grad)
                     grad = grad / world
                 worst = max(worst, (grad - expected[n]).abs().max().item())
-            report[f"{{mode}}/{{dropout}}"] = dict(worst=worst, sharded_frozen=sharded_frozen,
-                                                  sharded_trainable=sharded_trainable, n=len(expected))
+            report[f"{mode}/{dropout}"] = dict(worst=worst, sharded_frozen=sharded_frozen,
+                                              sharded_trainable=sharded_trainable, n=len(expected))
     if rank == 0:
         print("REPORT", __import__("json").dumps(report), flush=True)
     dist.destroy_process_group()
@@ -175,7 +175,7 @@ def test_fsdp2_sharded_lora_fa_gradients_equal_the_unsharded_ones(tmp_path):
     accelerator devices only, and falls back to DDP on CPU), so the Trainer path is checked on GPUs."""
     from torch.distributed.fsdp import fully_shard  # noqa: F401 - skip cleanly where torch lacks FSDP2
 
-    proc = torchrun(FSDP_WORKER.format(root=str(ROOT)), tmp_path)
+    proc = torchrun(FSDP_WORKER, tmp_path)
     report = json.loads(next(x for x in proc.stdout.splitlines() if x.startswith("REPORT"))[len("REPORT"):])
     for key, r in report.items():
         assert r["worst"] < 1e-6, (key, r)  # LoRA-FA's saved x·Aᵀ, A, B and seed survive resharding

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
 
+import run as run_cli  # experiments/run.py: pytest's pythonpath (pyproject.toml) has experiments/
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "experiments"))
-import run as run_cli  # noqa: E402
 
 EXPERIMENTS = sorted(str(p.relative_to(ROOT / "conf" / "experiment").with_suffix("")) for p in (ROOT / "conf" / "experiment").rglob("*.yaml"))
 PAPER_LRS = [5e-5, 6e-5, 7e-5, 8e-5, 9e-5] + [i * 1e-4 for i in range(1, 10)] + [i * 1e-3 for i in range(1, 6)]

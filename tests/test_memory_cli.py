@@ -17,7 +17,6 @@ from lorafa.results import config_hash, load_records
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "conf" / "memory"
-sys.path.insert(0, str(ROOT / "experiments"))
 from config_groups import group_names  # noqa: E402
 
 spec = importlib.util.spec_from_file_location("memory_cli", ROOT / "experiments" / "memory.py")

@@ -14,7 +14,6 @@ from hydra import compose, initialize_config_dir
 from lorafa.results import load_records
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "experiments"))
 import run as run_cli  # noqa: E402
 
 # Small enough for seconds on 2 cores, real enough to learn: one block, width 32.

@@ -1,10 +1,8 @@
-"""Pretraining objectives of the tiny base models (lorafa.pretrain) and the committed checkpoints."""
+"""The tiny base models' pretraining (experiments/pretraining.py, pretrain_loop.py) and committed checkpoints."""
 
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,9 +11,12 @@ from transformers import (AutoTokenizer, LlamaConfig, LlamaForCausalLM, RobertaC
                           T5Config, T5ForConditionalGeneration)
 
 from lorafa.paths import REPO_ROOT
-from lorafa.pretrain import (Objective, PretrainConfig, add_sentinels, clm_batch, evaluate, mask_tokens,
-                             pack_blocks, pretrain, shuffle_context, span_batch, span_corrupt, span_shape,
-                             span_uncorrupt, word_order_check)
+
+# experiments/pretraining.py and pretrain_loop.py: pytest's pythonpath (pyproject.toml) has experiments/
+from pretrain_loop import PretrainConfig, pretrain
+from pretraining import (Objective, add_sentinels, block_layout, clm_batch, evaluate, mask_tokens, pack_blocks,
+                         shuffle_context, span_batch, span_corrupt, span_shape, span_uncorrupt, tokenize_lines,
+                         word_order_check)
 
 BPE = REPO_ROOT / "models" / "tiny-bpe"
 NAMES = ("tiny-roberta", "tiny-t5", "tiny-llama")
@@ -49,8 +50,6 @@ def tiny_model(kind: str, vocab: int):
 
 
 def blocks_for(tok, kind: str, length: int = 24) -> torch.Tensor:
-    from lorafa.pretrain import block_layout, tokenize_lines
-
     return pack_blocks(tokenize_lines(tok, TEXT * 4), length, tok.eos_token_id, **block_layout(kind, tok))
 
 
