@@ -214,3 +214,19 @@ def markdown(header: list[str], rows: list[list[str]]) -> str:
              "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(map(esc, row)) + " |" for row in rows]
     return "\n".join(lines) + "\n"
+
+
+def cli_records(argv: list[str] | None, description: str, names, what: str) -> tuple[list[str], Path, pd.DataFrame]:
+    """The shared command line of analysis.tables and analysis.figures: (the names to build,
+    results/<scale>/, its records)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--scale", default="mini", help="results/<scale>/ to read and write (default mini)")
+    parser.add_argument("--only", choices=sorted(names), action="append", help=f"build only these {what}")
+    parser.add_argument("--root", help="results root (default $LORAFA_RESULTS_DIR or results/)")
+    args = parser.parse_args(argv)
+    base = scale_dir(args.scale, args.root)
+    records = load(args.scale, args.root)
+    print(f"{len(records)} run record(s) in {base / 'runs.jsonl'}")
+    return list(args.only or names), base, records

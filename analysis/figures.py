@@ -9,7 +9,6 @@ DataFrame, or NoRecords saying what is missing) and a drawing step here (draw_fi
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -22,7 +21,7 @@ import pandas as pd  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
 from analysis import paper_values as P  # noqa: E402
-from analysis.common import clean, fmt_lr, load, method_key, method_label, scale_dir  # noqa: E402
+from analysis.common import clean, cli_records, fmt_lr, method_key, method_label  # noqa: E402
 from analysis.figure_data import (  # noqa: E402
     ACTIVATION_METHODS, SEGMENTS, NoRecords, fig2a_data, fig2b_data, fig2c_data, fig3_data, fig4_data,
     fig5_data, fig6_data,
@@ -328,15 +327,8 @@ def write(name: str, records: pd.DataFrame, out_dir: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scale", default="mini", help="results/<scale>/ to read and write (default mini)")
-    parser.add_argument("--only", choices=sorted(FIGURES), action="append", help="build only these figures")
-    parser.add_argument("--root", help="results root (default $LORAFA_RESULTS_DIR or results/)")
-    args = parser.parse_args(argv)
-    base = scale_dir(args.scale, args.root)
-    records = load(args.scale, args.root)
-    print(f"{len(records)} run record(s) in {base / 'runs.jsonl'}")
-    for name in args.only or FIGURES:
+    names, base, records = cli_records(argv, __doc__.splitlines()[0], FIGURES, "figures")
+    for name in names:
         try:
             print(f"{name}: -> {write(name, records, base / 'figures')}")
         except NoRecords as e:

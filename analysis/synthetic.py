@@ -17,7 +17,6 @@ from lorafa.memory.report import GIB
 from lorafa.results import RunRecord, write_record
 
 
-
 def _memory(batch, method, *, weights=13.5, act_per_sample=3.4, flash=False, layers_frac=1.0, r=64):
     """A toy LLaMA2-7B-like memory model (bytes): LoRA stores X in every adapted layer, LoRA-FA only XA."""
     act = act_per_sample * batch * (0.75 if flash else 1.0)

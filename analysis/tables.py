@@ -11,7 +11,6 @@ the paper's layout as tables/<name>.md. See analysis/__init__.py for the convent
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 from pathlib import Path
@@ -21,8 +20,8 @@ import pandas as pd
 from analysis import paper_values as P
 from analysis.cells import fmt_ours, mapping_note, row_keys, table_cell, tidy_frame
 from analysis.common import (
-    best_setting, clean, fmt, fmt_lr, fmt_pm, fmt_range, load, markdown, method_key, method_label, metric,
-    missing_reason, runs_of, scale_dir, settings, summary,
+    best_setting, clean, fmt, fmt_lr, fmt_pm, fmt_range, markdown, method_key, method_label, metric,
+    missing_reason, runs_of, settings, summary, cli_records,
 )
 from analysis.names import task_label, task_value
 from analysis.table5 import build_table5, table5_markdown
@@ -272,15 +271,8 @@ def missing_summary(name: str, df: pd.DataFrame, examples: int = 3) -> list[str]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scale", default="mini", help="results/<scale>/ to read and write (default mini)")
-    parser.add_argument("--only", choices=sorted(TABLES), action="append", help="build only these tables")
-    parser.add_argument("--root", help="results root (default $LORAFA_RESULTS_DIR or results/)")
-    args = parser.parse_args(argv)
-    base = scale_dir(args.scale, args.root)
-    records = load(args.scale, args.root)
-    print(f"{len(records)} run record(s) in {base / 'runs.jsonl'}")
-    for name in args.only or TABLES:
+    names, base, records = cli_records(argv, __doc__.splitlines()[0], TABLES, "tables")
+    for name in names:
         df = TABLES[name](records)
         csv, md = write(name, df, base / "tables")
         filled = int(df["ours"].notna().sum())

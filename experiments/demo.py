@@ -93,7 +93,7 @@ def share_cores(background: subprocess.Popen | None) -> int:
 def run_training_sweeps(results_root: Path, background: subprocess.Popen | None = None) -> dict:
     import run as run_cli
 
-    from lorafa.experiment import run as run_one
+    from lorafa.recipe import run as run_one
     from lorafa.results import config_hash, find_finished
 
     conf = ROOT / "conf"
@@ -103,7 +103,7 @@ def run_training_sweeps(results_root: Path, background: subprocess.Popen | None 
     for overrides in bar:
         spec = run_cli.to_spec(compose_job(conf, [*overrides, f"results_dir={results_root}"]))
         bar.set_postfix_str(f"{spec.experiment} {spec.task} {spec.method.name}")
-        if find_finished(results_root, config_hash(spec.identity())):
+        if find_finished(results_root, config_hash(spec.config())):
             counts["skipped"] += 1
             continue
         try:

@@ -27,12 +27,11 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-from lorafa.memory.measure import run_point  # noqa: E402
-from lorafa.memory.point import MemoryPoint  # noqa: E402
-from lorafa.paths import results_dir  # noqa: E402
-from config_groups import check_group_choices  # noqa: E402
+from lorafa.memory.measure import run_point
+from lorafa.memory.point import MemoryPoint
+from lorafa.paths import results_dir
+from config_groups import check_group_choices
 
 CONF = ROOT / "conf" / "memory"
 GROUPS = ("experiment", "optimisation", "model")
@@ -47,9 +46,6 @@ REPORT_COMMANDS = {
     "llama_dropout": ["python experiments/memory.py -m experiment=llama_dropout backend=simulate",
                       "python experiments/memory.py --report"],
 }
-
-
-
 
 
 def results_root(results: str | None, scale: str) -> Path:

@@ -32,14 +32,15 @@ HELD_OUT_FRACTION = 0.1
 
 
 def model_spec(name: str):
-    """ModelSpec from conf/model/<name>.yaml, forced to build from `arch` (path ignored)."""
-    import yaml
+    """ModelSpec of conf/model/<name>.yaml, forced to build from `arch`: the weights are what
+    pretraining makes, so its `path` (where they will be saved) is not read."""
+    import dataclasses
 
-    from lorafa.models import ModelSpec
+    from lorafa.models import load_model_spec
 
-    raw = yaml.safe_load((ROOT / "conf" / "model" / f"{name}.yaml").read_text())
-    return ModelSpec(name=raw["name"], family=raw["family"], hub_id=None, path=None,
-                     tokenizer=raw.get("tokenizer") or "models/tiny-bpe", arch=dict(raw["arch"]))
+    spec = load_model_spec(name)
+    return dataclasses.replace(spec, hub_id=None, path=None, tokenizer=spec.tokenizer or "models/tiny-bpe",
+                               arch=dict(spec.arch))
 
 
 def build(name: str, seed: int = 0, dropout: float | None = 0.0):

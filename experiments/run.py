@@ -17,17 +17,16 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-from lorafa.config import AdapterConfig  # noqa: E402
-from lorafa.models import ModelSpec  # noqa: E402
-from lorafa.paths import results_dir  # noqa: E402
-from lorafa.recipe import EXIT_PREEMPTED, run  # noqa: E402
-from lorafa.spec import MethodSpec, RunSpec  # noqa: E402
-from lorafa.tasks.data import DataSpec  # noqa: E402
-from lorafa.training import TrainingInterrupted, TrainSettings  # noqa: E402
-from lorafa.validation import require_known_keys  # noqa: E402
-from config_groups import check_group_choices  # noqa: E402
+from lorafa.config import AdapterConfig
+from lorafa.models import ModelSpec
+from lorafa.paths import results_dir
+from lorafa.recipe import EXIT_PREEMPTED, run
+from lorafa.spec import MethodSpec, RunSpec
+from lorafa.tasks.data import DataSpec
+from lorafa.training import TrainingInterrupted, TrainSettings
+from lorafa.validation import require_known_keys
+from config_groups import check_group_choices
 
 CONF = ROOT / "conf"
 OmegaConf.register_new_resolver("mul", lambda a, b: a * b, replace=True)
