@@ -1,7 +1,8 @@
 # Every target creates .venv from requirements.txt first if needed.
 #   make demo                 the paper in miniature (CPU, offline)
 #   make test                 the test suite
-#   make table2 [SCALE=mini]  run the missing runs of Table 2's sweep, then build the table
+#   make small                the GLUE experiments on a real pretrained encoder (CPU, offline, hours)
+#   make table2 [SCALE=mini|small]  run the missing runs of Table 2's sweep, then build the table
 #   make tables / figures     rebuild every table / figure from results/$(SCALE) (no training)
 SHELL := /bin/bash
 VENV ?= .venv
@@ -9,12 +10,12 @@ PY := $(VENV)/bin/python
 # torch's CPU wheel lies on the build machines' disk; elsewhere pip uses the index.
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 SCALE ?= paper
-EXP := $(if $(filter mini,$(SCALE)),mini/,)
+EXP := $(if $(filter paper,$(SCALE)),,$(SCALE)/)
 RUN := $(PY) experiments/run.py -m
 MEMORY := $(PY) experiments/memory.py -m backend=$(if $(filter mini,$(SCALE)),simulate,$(or $(BACKEND),simulate))
 RESULTS := $(or $(LORAFA_RESULTS_DIR),results)/$(SCALE)
 
-.PHONY: help venv test demo bench-layer base-models tables figures clean-venv \
+.PHONY: help venv test demo small bench-layer base-models tables figures clean-venv \
         table2 table3 table4 table5 table6 table7 fig2 fig3 fig4 fig5 fig6
 
 help:
@@ -37,6 +38,9 @@ test: venv
 demo: venv
 	HF_HUB_OFFLINE=1 WANDB_MODE=offline $(PY) experiments/demo.py
 
+small: venv
+	HF_HUB_OFFLINE=1 WANDB_MODE=offline $(PY) experiments/demo.py --scale small
+
 bench-layer: venv
 	$(PY) benchmarks/bench_layer.py --threads 1 --reps 12
 
@@ -55,6 +59,7 @@ figures: venv
 table2: venv
 	$(RUN) experiment=$(EXP)table2
 	$(if $(EXP),,$(RUN) experiment=table2_large)
+	$(if $(filter small,$(SCALE)),$(RUN) experiment=small/table2_seeds)
 	$(PY) -m analysis.tables --scale $(SCALE) --only table2
 table3: venv
 	$(RUN) experiment=$(EXP)table3

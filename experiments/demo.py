@@ -1,9 +1,10 @@
-"""`make demo`: the whole paper in miniature on a CPU, offline.
+"""`make demo` (--scale mini) and `make small` (--scale small): a scale's whole suite on a CPU, offline.
 
-1. the tiny pretrained base models (committed; pretrained here only if missing),
-2. every mini sweep of conf/experiment/mini/ (finished runs are skipped),
-3. the paper-scale memory results by simulation (conf/memory/experiment/),
-4. every table and figure into results/mini/, then a short summary.
+1. mini: the tiny pretrained base models (committed; pretrained here only if missing),
+2. every sweep of the scale's suite, conf/experiment/<scale>/ (finished runs are skipped),
+3. mini: the paper-scale memory results by simulation (conf/memory/experiment/),
+4. every table and figure into results/<scale>/, then a short summary; the wall time is kept
+   in results/mini/demo_timing.json or results/small/timing.json.
 
 Sweeps are expanded as Hydra's basic sweeper expands them (the same jobs in the same order)
 and run in this one process, so a rerun with everything finished takes seconds and one
@@ -32,8 +33,14 @@ from tqdm import tqdm
 ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the demo never reaches the hub
 
-# Figure 4's curves come from Table 2's periodic evaluations at this scale (no separate runs).
-TRAINING = ("table2", "table3", "table4_base", "table4", "table6", "table7", "fig6")
+# Each scale's sweeps, in order. Figure 4's curves come from Table 2's periodic evaluations.
+# small: the learning-rate search first (its records document each method's small-scale rate).
+SUITES = {
+    "mini": ("table2", "table3", "table4_base", "table4", "table6", "table7", "fig6"),
+    "small": ("lr_search/lora_fa", "lr_search/lora", "lr_search/full_ft", "lr_search/prompt_tuning", "table2",
+              "table2_seeds", "table6", "table7", "fig6"),
+}
+TIMING_FILES = {"mini": "demo_timing.json", "small": "timing.json"}
 MEMORY = ("table5", "fig2a", "fig2b", "fig2c", "fig3", "fig5")
 BASE_MODELS = ("tiny-roberta", "tiny-t5", "tiny-llama")
 
@@ -90,16 +97,16 @@ def share_cores(background: subprocess.Popen | None) -> int:
     return threads
 
 
-def run_training_sweeps(results_root: Path, background: subprocess.Popen | None = None) -> dict:
+def run_training_sweeps(results_root: Path, background: subprocess.Popen | None = None, scale: str = "mini") -> dict:
     import run as run_cli
 
     from lorafa.recipe import run as run_one
     from lorafa.results import config_hash, find_finished
 
     conf = ROOT / "conf"
-    jobs = [job for exp in TRAINING for job in sweep_jobs(conf, f"mini/{exp}")]
+    jobs = [job for exp in SUITES[scale] for job in sweep_jobs(conf, f"{scale}/{exp}")]
     counts = {"jobs": len(jobs), "trained": 0, "skipped": 0, "failed": 0}
-    bar = tqdm(jobs, desc="mini sweeps", unit="run")
+    bar = tqdm(jobs, desc=f"{scale} sweeps", unit="run")
     for overrides in bar:
         spec = run_cli.to_spec(compose_job(conf, [*overrides, f"results_dir={results_root}"]))
         bar.set_postfix_str(f"{spec.experiment} {spec.task} {spec.method.name}")
@@ -162,11 +169,13 @@ def _headlines(results_root: Path) -> list[str]:
     if t2.is_file():
         df = pd.read_csv(t2)
         tasks = df[~df["column"].isin(["# TPs (M)", "Avg."]) & df["ours"].notna()]
+        tasks = tasks[tasks["model"] == tasks["model"].iloc[0]] if len(tasks) else tasks  # the base-sized model
+        model = tasks["model"].iloc[0] if len(tasks) else ""
         for column in ("SST-2",):
             rows = tasks[tasks["column"] == column]
-            lines.append(f"  Table 2 (tiny-roberta) {column}: " + ", ".join(f"{r.method} {r.ours:.1f}" for r in rows.itertuples()))
+            lines.append(f"  Table 2 ({model}) {column}: " + ", ".join(f"{r.method} {r.ours:.1f}" for r in rows.itertuples()))
         means = tasks.groupby("method")["ours"].agg(["mean", "count"])
-        lines.append("  Table 2 (tiny-roberta) mean over the tasks run offline: "
+        lines.append(f"  Table 2 ({model}) mean over the tasks run offline: "
                      + ", ".join(f"{m} {row['mean']:.1f} ({int(row['count'])} tasks)" for m, row in means.iterrows()))
     records = load_records(results_root)
     llama = records[(records["experiment"] == "table5") & (records["model"] == "llama-7b")]
@@ -177,7 +186,7 @@ def _headlines(results_root: Path) -> list[str]:
     return lines
 
 
-def summary(results_root: Path, wall_s: float, counts: dict) -> dict:
+def summary(results_root: Path, wall_s: float, counts: dict, scale: str = "mini") -> dict:
     lines = [f"\n[demo] done in {wall_s / 60:.1f} min: {counts['trained']} runs trained, "
              f"{counts['skipped']} already finished, {counts.get('unavailable', 0)} with data unavailable offline, "
              f"{counts['failed']} failed"]
@@ -188,7 +197,7 @@ def summary(results_root: Path, wall_s: float, counts: dict) -> dict:
     timing = {"wall_s": round(wall_s, 1), "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
               "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
               **counts}
-    path = results_root / "demo_timing.json"  # every demo run is kept: a fresh one and the reruns
+    path = results_root / TIMING_FILES[scale]  # every run of the suite is kept: a fresh one and the reruns
     history = json.loads(path.read_text()).get("runs", []) if path.is_file() else []
     path.write_text(json.dumps({"runs": history + [timing]}, indent=2) + "\n")
     return timing
@@ -196,19 +205,22 @@ def summary(results_root: Path, wall_s: float, counts: dict) -> dict:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--skip-memory", action="store_true", help="leave out the memory simulations")
+    ap.add_argument("--scale", choices=sorted(SUITES), default="mini", help="whose suite to run (default mini)")
+    ap.add_argument("--skip-memory", action="store_true", help="leave out the memory simulations (mini)")
     args = ap.parse_args(argv)
     from lorafa.paths import results_dir
 
-    root = results_dir() / "mini"
+    root = results_dir() / args.scale
     t0 = time.perf_counter()
-    ensure_base_models()
-    memory = None if args.skip_memory else start_memory_simulations(root)
-    counts = run_training_sweeps(root, memory[0] if memory else None)
+    mini = args.scale == "mini"
+    if mini:
+        ensure_base_models()
+    memory = start_memory_simulations(root) if mini and not args.skip_memory else None
+    counts = run_training_sweeps(root, memory[0] if memory else None, args.scale)
     if memory:
         finish_memory_simulations(*memory)
-    build_outputs("mini")
-    summary(root, time.perf_counter() - t0, counts)
+    build_outputs(args.scale)
+    summary(root, time.perf_counter() - t0, counts, args.scale)
 
 
 if __name__ == "__main__":

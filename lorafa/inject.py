@@ -21,11 +21,16 @@ def _block_prefixes(model: nn.Module) -> tuple[str, ...]:
 
 
 def default_modules_to_save(model: nn.Module) -> tuple[str, ...]:
-    """The paper trains the classification head in full beside the adapters."""
-    if type(model).__name__.endswith("ForSequenceClassification"):
-        for attr in CLASSIFIER_HEADS:
-            if isinstance(getattr(model, attr, None), nn.Module):
-                return (attr,)
+    """The paper trains the classification head in full beside the adapters. RoBERTa's head
+    is dense + tanh + out_proj over <s>; BERT splits the same two layers between the encoder's
+    pooler (dense + tanh over [CLS]) and the classifier, so for BERT both train."""
+    if not type(model).__name__.endswith("ForSequenceClassification"):
+        return ()
+    for attr in CLASSIFIER_HEADS:
+        if isinstance(getattr(model, attr, None), nn.Module):
+            prefix = getattr(model, "base_model_prefix", "")
+            pooler = getattr(getattr(model, prefix, None), "pooler", None) if prefix else None
+            return (attr, f"{prefix}.pooler") if isinstance(pooler, nn.Module) else (attr,)
     return ()
 
 

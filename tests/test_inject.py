@@ -12,6 +12,7 @@ from tests.conftest import TINY_MODELS, model_inputs, tiny_llama, tiny_roberta
 
 ALL_LINEAR = {  # linears per block x blocks: what "all-linear" must find
     "roberta": 6 * 2,                # query key value attention.output intermediate output
+    "bert": 6 * 2,                   # the same names (the pooler is the head's, not a block's)
     "t5": 2 * (4 + 2) + 2 * (8 + 2),  # encoder: attn q,k,v,o + wi,wo; decoder: self + cross attn + wi,wo
     "llama": 7 * 2,                  # q k v o gate up down
     "gpt2": 4 * 2,                   # c_attn c_proj (attn) c_fc c_proj (mlp), Conv1D
@@ -27,10 +28,10 @@ def test_all_linear_adapts_every_block_linear_and_nothing_else(kind):
         assert "lm_head" not in name and "classifier" not in name and "embed" not in name
     for name, m in model.named_modules():  # every remaining linear is a head or inside an adapter
         if isinstance(m, (nn.Linear, Conv1D)) and not any(name.startswith(n + ".") for n in layers):
-            assert name in ("lm_head", "classifier.dense", "classifier.out_proj"), name
+            assert name in ("lm_head", "classifier.dense", "classifier.out_proj", "classifier", "bert.pooler.dense"), name
 
 
-@pytest.mark.parametrize("kind,names", [("roberta", {"query", "value"}), ("t5", {"q", "v"}),
+@pytest.mark.parametrize("kind,names", [("roberta", {"query", "value"}), ("bert", {"query", "value"}), ("t5", {"q", "v"}),
                                          ("llama", {"q_proj", "v_proj"})])
 def test_qv_preset(kind, names):
     model = add_adapters(TINY_MODELS[kind](), AdapterConfig(method="lora", r=4, target_modules="qv"))
@@ -112,3 +113,13 @@ def test_adding_twice_is_refused():
     model = add_adapters(tiny_llama(), AdapterConfig(r=2))
     with pytest.raises(ValueError, match="already has adapters"):
         add_adapters(model, AdapterConfig(r=2))
+
+
+def test_bert_trains_its_whole_head_pooler_and_classifier():
+    """BERT's pooler (dense + tanh) and classifier are RoBERTa's classifier.dense and out_proj."""
+    model = add_adapters(TINY_MODELS["bert"](), AdapterConfig(method="lora_fa", r=4))
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    head = {n for n in trainable if not "lora_B" in n}
+    assert head == {"bert.pooler.dense.weight", "bert.pooler.dense.bias", "classifier.weight", "classifier.bias"}
+    assert count_trainable(model) == 32 * 32 + 32 + 32 * 2 + 2 + sum(
+        layer.out_features * 4 for layer in adapter_layers(model).values())

@@ -15,7 +15,7 @@ MiB = 2**20
 
 @pytest.mark.parametrize("name, method, attn, dropout", [
     ("tiny-llama", "lora_fa", "sdpa", 0.1), ("tiny-llama", "lora", "eager", 0.1), ("tiny-llama", "full_ft", "sdpa", 0.0),
-    ("tiny-roberta", "lora", "sdpa", 0.0), ("tiny-t5", "lora_fa", "eager", 0.1),
+    ("tiny-roberta", "lora", "sdpa", 0.0), ("tiny-t5", "lora_fa", "eager", 0.1), ("minilm-l6", "lora_fa", "eager", 0.1),
     ("tiny-llama", "peft_lora_frozen_a", "sdpa", 0.1), ("tiny-roberta", "peft_lora", "eager", 0.1)])
 def test_simulated_activations_equal_measured_on_cpu(name, method, attn, dropout):
     point = MemoryPoint(model=name, method=method, batch_size=2, seq_len=16, r=4, dropout=dropout,

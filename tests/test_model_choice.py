@@ -31,6 +31,7 @@ def composed(*overrides: str):
     (("experiment=table2_large",), "roberta-large"), (("experiment=mini/table3",), "tiny-t5"),
     (("experiment=mini/table6",), "tiny-roberta"), (("scale=mini", "model=tiny-llama"), "tiny-llama"),
     (("experiment=table2_large", "model=roberta-base"), "roberta-base"),
+    (("scale=small",), "minilm-l6"), (("scale=small", "task=glue/sst2"), "minilm-l6"),
 ])
 def test_the_composed_config_names_the_model_that_runs(overrides, model):
     assert composed(*overrides).model.name == model
@@ -39,11 +40,12 @@ def test_the_composed_config_names_the_model_that_runs(overrides, model):
 def test_each_stand_in_is_declared_for_the_paper_model_of_its_role():
     """The mini scale's role models (what runs) and its stands_in_for (what analysis/ compares
     them with) say the same thing."""
-    mini = OmegaConf.load(ROOT / "conf" / "scale" / "mini.yaml").scale.stands_in_for
-    for role in ("encoder", "seq2seq", "causal"):
-        stand_in = composed("scale=mini", f"model=mini/{role}").model.name
-        paper = composed(f"model=paper/{role}").model.name
-        assert mini[stand_in] == paper
+    for scale, roles in (("mini", ("encoder", "seq2seq", "causal")), ("small", ("encoder",))):
+        declared = OmegaConf.load(ROOT / "conf" / "scale" / f"{scale}.yaml").scale.stands_in_for
+        for role in roles:
+            stand_in = composed(f"scale={scale}", f"model={scale}/{role}").model.name
+            paper = composed(f"model=paper/{role}").model.name
+            assert declared[stand_in] == paper
 
 
 def _save_tiny_roberta(path: Path, hidden: int = 48) -> int:

@@ -19,6 +19,8 @@ import run as run_cli  # noqa: E402
 # Small enough for seconds on 2 cores, real enough to learn: one block, width 32.
 TINY = {  # model.path=null: built from arch (random weights), not the committed pretrained checkpoint
     "tiny-roberta": ["model.path=null", "model.arch.hidden_size=32", "model.arch.num_hidden_layers=1", "model.arch.intermediate_size=64"],
+    "minilm-l6": ["model.package=null", "model.hub_id=null", "model.arch.hidden_size=32", "model.arch.num_hidden_layers=1",
+                  "model.arch.intermediate_size=64", "model.arch.num_attention_heads=4"],  # BERT, as MiniLM
     "tiny-t5": ["model.path=null", "model.arch.d_model=32", "model.arch.d_kv=8", "model.arch.d_ff=64", "model.arch.num_layers=1",
                 "model.arch.num_decoder_layers=1"],
     "tiny-llama": ["model.path=null", "model.arch.hidden_size=32", "model.arch.intermediate_size=64", "model.arch.num_hidden_layers=1",
@@ -97,10 +99,20 @@ def test_instruction_tuning_then_mmlu(tmp_path):
         (rec.metrics["mmlu/anatomy"] + rec.metrics["mmlu/astronomy"]) / 2)  # 4 questions each
 
 
-def test_prompt_tuning_method(tmp_path):
-    rec = run_tiny(tmp_path, "glue/rte", "tiny-roberta", method="prompt_tuning")
+@pytest.mark.parametrize("model", ["tiny-roberta", "minilm-l6"])
+def test_prompt_tuning_method(tmp_path, model):
+    rec = run_tiny(tmp_path, "glue/rte", model, method="prompt_tuning")
     check_common(rec, "glue/rte", "prompt_tuning")
     assert rec.trainable_params < 20_000  # virtual tokens + classifier head only
+
+
+def test_bert_through_the_pipeline(tmp_path):
+    """MiniLM's architecture (BERT) trains like RoBERTa: LoRA-FA on MRPC, pooler and classifier in full."""
+    rec = run_tiny(tmp_path, "glue/mrpc", "minilm-l6")
+    check_common(rec, "glue/mrpc", "lora_fa")
+    assert rec.model == "minilm-l6" and rec.weights["source"] == "random-init"
+    head = 32 * 32 + 32 + 32 * 2 + 2  # bert.pooler.dense + classifier
+    assert rec.trainable_params == head + 8 * (3 * 32 + 32 + 64 + 32)  # B of q, k, v, o, intermediate, output
 
 
 def test_wandb_offline_summary_matches_the_record(tmp_path, monkeypatch):
