@@ -83,3 +83,15 @@ def test_small_scale_runs_minilm_and_figure4_reuses_table2s_runs(tmp_path):
     assert {spec("small/table6", "init_a=all_one").task, spec("small/table7").task, spec("small/fig6").task} == {"glue/mrpc"}
     qnli = spec("small/table2", "task=glue/qnli")
     assert qnli.data.train_split == "validation" and qnli.data.eval_from_train == 2000
+
+
+def test_small_lr_search_runs_are_table2_runs(tmp_path):
+    """The search's run at a method's default rate is Table 2's run (one record serves both)."""
+    from lorafa.results import config_hash
+
+    for method, default in (("lora_fa", "0.003"), ("full_ft", "5e-05")):
+        search = run_cli.to_spec(compose_experiment(f"small/lr_search/{method}", f"results_dir={tmp_path}",
+                                                    "task=glue/mrpc", f"trainer.lr={default}"))
+        table2 = run_cli.to_spec(compose_experiment("small/table2", f"results_dir={tmp_path}", "task=glue/mrpc",
+                                                    f"method={method}"))
+        assert config_hash(search.config()) == config_hash(table2.config())
