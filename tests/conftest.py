@@ -18,21 +18,21 @@ from transformers import (BertConfig, BertForSequenceClassification, GPT2Config,
 from lorafa.paths import data_dir  # noqa: E402
 
 
-def tiny_roberta(num_labels: int = 2, seed: int = 0) -> RobertaForSequenceClassification:
+def _tiny_encoder(config_cls, model_cls, num_labels: int, seed: int):
     torch.manual_seed(seed)
-    cfg = RobertaConfig(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                        intermediate_size=64, max_position_embeddings=40, num_labels=num_labels,
-                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    return RobertaForSequenceClassification(cfg).eval()
+    cfg = config_cls(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                     intermediate_size=64, max_position_embeddings=40, num_labels=num_labels,
+                     hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    return model_cls(cfg).eval()
+
+
+def tiny_roberta(num_labels: int = 2, seed: int = 0) -> RobertaForSequenceClassification:
+    return _tiny_encoder(RobertaConfig, RobertaForSequenceClassification, num_labels, seed)
 
 
 def tiny_bert(num_labels: int = 2, seed: int = 0) -> BertForSequenceClassification:
     """MiniLM's architecture (BERT: pooler + classifier head, token types) in miniature."""
-    torch.manual_seed(seed)
-    cfg = BertConfig(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                     intermediate_size=64, max_position_embeddings=40, num_labels=num_labels,
-                     hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    return BertForSequenceClassification(cfg).eval()
+    return _tiny_encoder(BertConfig, BertForSequenceClassification, num_labels, seed)
 
 
 def tiny_t5(seed: int = 0) -> T5ForConditionalGeneration:
