@@ -6,6 +6,7 @@ Standard library only, so that `lorafa.results` and the analysis stay light.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import os
 import platform
 import socket
@@ -25,15 +26,19 @@ def _git(*args: str) -> str | None:
     return out.stdout if out.returncode == 0 else None
 
 
+@functools.cache
 def git_commit() -> str | None:
-    """The checkout's short commit (None outside a git checkout)."""
+    """The checkout's short commit (None outside a git checkout). Read once per process: a
+    process runs the code it imported when it started, whatever is committed while it runs."""
     out = _git("rev-parse", "--short", "HEAD")
     return out.strip() or None if out is not None else None
 
 
+@functools.cache
 def git_dirty() -> bool | None:
-    """Whether tracked files differ from the commit. results/ is left out: a sweep writes its
-    records there while it runs, which says nothing about the code that made them."""
+    """Whether tracked files differ from the commit, read once per process as git_commit is.
+    results/ is left out: a sweep writes its records there while it runs, which says nothing
+    about the code that made them."""
     out = _git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results")
     return None if out is None else bool(out.strip())
 
