@@ -37,8 +37,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the demo never reaches the hub
 # small: the learning-rate search first (its records document each method's small-scale rate).
 SUITES = {
     "mini": ("table2", "table3", "table4_base", "table4", "table6", "table7", "fig6"),
-    "small": ("lr_search/lora_fa", "lr_search/lora", "lr_search/full_ft", "lr_search/prompt_tuning", "table2",
-              "table2_seeds", "table6", "table7", "fig6"),
+    "small": ("table2", "table2_seeds", "table6", "table7", "fig6"),
 }
 TIMING_FILES = {"mini": "demo_timing.json", "small": "timing.json"}
 MEMORY = ("table5", "fig2a", "fig2b", "fig2c", "fig3", "fig5")
@@ -97,7 +96,10 @@ def share_cores(background: subprocess.Popen | None) -> int:
     return threads
 
 
-def run_training_sweeps(results_root: Path, background: subprocess.Popen | None = None, scale: str = "mini") -> dict:
+def run_training_sweeps(results_root: Path, background: subprocess.Popen | None = None, scale: str = "mini",
+                        counts: dict | None = None) -> dict:
+    """Every job of the scale's suite, in order; `counts` (jobs, trained, skipped, failed) is
+    updated as they go, so that an interrupted suite still reports its part."""
     import run as run_cli
 
     from lorafa.recipe import run as run_one
@@ -105,7 +107,8 @@ def run_training_sweeps(results_root: Path, background: subprocess.Popen | None 
 
     conf = ROOT / "conf"
     jobs = [job for exp in SUITES[scale] for job in sweep_jobs(conf, f"{scale}/{exp}")]
-    counts = {"jobs": len(jobs), "trained": 0, "skipped": 0, "failed": 0}
+    counts = counts if counts is not None else {"trained": 0, "skipped": 0, "failed": 0}
+    counts["jobs"] = len(jobs)
     bar = tqdm(jobs, desc=f"{scale} sweeps", unit="run")
     for overrides in bar:
         spec = run_cli.to_spec(compose_job(conf, [*overrides, f"results_dir={results_root}"]))
@@ -186,6 +189,14 @@ def _headlines(results_root: Path) -> list[str]:
     return lines
 
 
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor()
+
+
 def summary(results_root: Path, wall_s: float, counts: dict, scale: str = "mini") -> dict:
     lines = [f"\n[demo] done in {wall_s / 60:.1f} min: {counts['trained']} runs trained, "
              f"{counts['skipped']} already finished, {counts.get('unavailable', 0)} with data unavailable offline, "
@@ -195,7 +206,8 @@ def summary(results_root: Path, wall_s: float, counts: dict, scale: str = "mini"
     lines.append(f"  figures: {results_root / 'figures'}")
     print("\n".join(lines))
     timing = {"wall_s": round(wall_s, 1), "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-              "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+              "machine": {"cpus": os.cpu_count(), "cpu": cpu_model(), "platform": platform.platform(),
+                          "python": platform.python_version()},
               **counts}
     path = results_root / TIMING_FILES[scale]  # every run of the suite is kept: a fresh one and the reruns
     history = json.loads(path.read_text()).get("runs", []) if path.is_file() else []
@@ -216,7 +228,14 @@ def main(argv=None) -> None:
     if mini:
         ensure_base_models()
     memory = start_memory_simulations(root) if mini and not args.skip_memory else None
-    counts = run_training_sweeps(root, memory[0] if memory else None, args.scale)
+    counts = {"jobs": 0, "trained": 0, "skipped": 0, "failed": 0}
+    try:
+        counts = run_training_sweeps(root, memory[0] if memory else None, args.scale, counts)
+    except (KeyboardInterrupt, SystemExit):
+        # A long suite stopped part-way still says how long its part took: a fresh suite's wall
+        # time is the sum over the invocations that finished it (finished runs are kept).
+        summary(root, time.perf_counter() - t0, dict(counts, interrupted=True), args.scale)
+        raise
     if memory:
         finish_memory_simulations(*memory)
     build_outputs(args.scale)

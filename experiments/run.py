@@ -39,6 +39,7 @@ def to_spec(cfg: DictConfig) -> RunSpec:
     model = dict(c["model"], **({"dtype": c["model_dtype"]} if c.get("model_dtype") else {}))
     method = c["method"]
     trainer = dict(c["trainer"], seed=c["seed"])
+    trainer.update(trainer.pop("by_task", {}).get(c["task"]["name"], {}))  # the scale's per-task settings
     require_known_keys("trainer", trainer, TrainSettings.__dataclass_fields__)
     data = dict(c["data"])
     data.update(data.pop("by_task", {}).get(c["task"]["name"], {}))  # the scale's per-task settings

@@ -27,6 +27,9 @@ METHOD_KINDS = ("adapter", "full_ft", "prompt_tuning", "none")  # none: evaluate
 LOGGERS = ("none", "wandb")
 
 
+LATER_TRAINER_FIELDS = {"group_by_length": False}
+
+
 @dataclass
 class MethodSpec:
     """The `method` config group.
@@ -110,6 +113,11 @@ class RunSpec:
         d["data"].pop("dir")
         d["trainer"].pop("report_to")
         d["trainer"].pop("save_steps")
+        # Fields added after records existed stay out of the hash at their default, so those
+        # records still count as finished.
+        for key, default in LATER_TRAINER_FIELDS.items():
+            if d["trainer"][key] == default:
+                d["trainer"].pop(key)
         return d
 
     def run_id(self, digest: str) -> str:

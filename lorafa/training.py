@@ -46,7 +46,9 @@ class TrainSettings:
     order, initialisation, dropout); num_beams and max_new_tokens: generation (WMT16);
     gradient_checkpointing; report_to: Trainer integrations (["wandb"] with logger=wandb);
     save_steps: also checkpoint every N steps (a SIGKILL then loses fewer than N; null: on
-    SIGTERM only).
+    SIGTERM only); group_by_length: batch training examples of similar length together
+    (transformers' LengthGroupedSampler) and evaluate in order of length, so that dynamic
+    padding pads little (2-3x fewer tokens on GLUE's short sentences; the CPU scales use it).
     """
 
     lr: float = 5e-4
@@ -68,6 +70,7 @@ class TrainSettings:
     gradient_checkpointing: bool = False
     report_to: list[str] = field(default_factory=list)
     save_steps: int | None = None
+    group_by_length: bool = False
 
     def __post_init__(self) -> None:
         def number(name: str, ok, allowed: str) -> None:
@@ -89,6 +92,7 @@ class TrainSettings:
         require_choice("trainer.precision", self.precision, PRECISIONS)
         require_choice("trainer.lr_scheduler", self.lr_scheduler, LR_SCHEDULERS)
         require_type("trainer.gradient_checkpointing", self.gradient_checkpointing, (bool,))
+        require_type("trainer.group_by_length", self.group_by_length, (bool,))
         require_type("trainer.report_to", self.report_to, (list, tuple))
         require(all(isinstance(r, str) for r in self.report_to), "trainer.report_to", self.report_to,
                 "a list of integration names")
@@ -216,6 +220,7 @@ def training_arguments(settings: TrainSettings, output_dir: str, run_name: str, 
         save_total_limit=1 if settings.save_steps else None,
         report_to=settings.report_to or "none",
         include_num_input_tokens_seen=True, dataloader_num_workers=0,
+        train_sampling_strategy="group_by_length" if settings.group_by_length else "random",
         use_cpu=not torch.cuda.is_available(),
     )
     if world()[1] > 1 and not torch.cuda.is_available():
@@ -230,6 +235,8 @@ def build_trainer(model: nn.Module, tokenizer, settings: TrainSettings, prepared
                   callbacks: list | None = None) -> tuple[Trainer, Monitors]:
     """The Trainer of a prepared task (lorafa.tasks.data.PreparedTask) and its monitors."""
     monitors = Monitors()
+    if settings.group_by_length:
+        prepared.evals = {suffix: by_length(dataset) for suffix, dataset in prepared.evals.items()}
     first_eval = next(iter(prepared.evals.values()), None)
     args = training_arguments(settings, output_dir, run_name, prepared.generates, has_eval=first_eval is not None)
     trainer_cls = CheckpointSeq2SeqTrainer if prepared.generates else CheckpointTrainer
@@ -239,6 +246,15 @@ def build_trainer(model: nn.Module, tokenizer, settings: TrainSettings, prepared
     trainer.model_accepts_loss_kwargs = trainer.model_accepts_loss_kwargs and loss_takes_num_items(model)
     _warn_unsharded(trainer)
     return trainer, monitors
+
+
+def by_length(dataset):
+    """The dataset in order of input length: evaluation batches then pad little. Predictions
+    and labels come out in the same order, so every metric is unchanged."""
+    if dataset is None or "input_ids" not in dataset.column_names:
+        return dataset
+    lengths = [len(ids) for ids in dataset["input_ids"]]
+    return dataset.select(sorted(range(len(lengths)), key=lengths.__getitem__))
 
 
 def checkpoint_step(checkpoint: str | None) -> int | None:
