@@ -167,11 +167,24 @@ class _TrainableCheckpointMixin:
             raise ValueError(f"checkpoint holds parameters this model lacks: {load_result.unexpected_keys[:5]}")
 
 
-class CheckpointTrainer(_TrainableCheckpointMixin, Trainer):
+class _LengthOrderedEvalMixin:
+    """With group_by_length, transformers also groups evaluation batches by length, but within
+    random chunks of len // (4 * batch size) batches: for a GLUE dev set and a batch of 128 that
+    is one batch, i.e. no grouping. build_trainer puts evaluation sets in order of length
+    (by_length), so reading them in order pads least."""
+
+    def _get_eval_sampler(self, eval_dataset):
+        if self.args.train_sampling_strategy == "group_by_length" and self.args.world_size <= 1 \
+                and eval_dataset is not None:
+            return torch.utils.data.SequentialSampler(eval_dataset)
+        return super()._get_eval_sampler(eval_dataset)
+
+
+class CheckpointTrainer(_TrainableCheckpointMixin, _LengthOrderedEvalMixin, Trainer):
     pass
 
 
-class CheckpointSeq2SeqTrainer(_TrainableCheckpointMixin, Seq2SeqTrainer):
+class CheckpointSeq2SeqTrainer(_TrainableCheckpointMixin, _LengthOrderedEvalMixin, Seq2SeqTrainer):
     pass
 
 

@@ -82,14 +82,29 @@ def test_small_scale_runs_minilm_and_figure4_reuses_table2s_runs(tmp_path):
         assert config_hash(fig4.config()) == config_hash(spec("small/table2", f"task={task}", "method=lora").config())
     assert {spec("small/table6", "init_a=all_one").task, spec("small/table7").task, spec("small/fig6").task} == {"glue/mrpc"}
     qnli = spec("small/table2", "task=glue/qnli")
-    assert qnli.data.train_split == "validation" and qnli.data.eval_from_train == 2000
+    assert qnli.data.train_split == "validation" and qnli.data.eval_from_train == 1500
+
+
+def test_small_scale_trainer_settings_per_task(tmp_path):
+    """The scale's trainer.by_task wins over its trainer settings, for the named task only:
+    Figure 4's tasks evaluate every 25 steps, the others at the end; all batch by length."""
+    def spec(name, *overrides):
+        return run_cli.to_spec(compose_experiment(name, f"results_dir={tmp_path}", *overrides))
+
+    for task, eval_steps in (("glue/sst2", 25), ("glue/cola", 25), ("glue/mrpc", None), ("glue/qnli", None)):
+        s = spec("small/table2", f"task={task}", "method=lora_fa")
+        assert s.trainer.eval_steps == eval_steps and s.trainer.group_by_length is True
+    assert spec("small/table2", "task=glue/mrpc").data.max_train_samples == 3000
+    assert spec("small/table6", "init_a=all_one").data.max_train_samples == 2000  # the experiment's by_task wins
+    mini = run_cli.to_spec(compose_experiment("mini/table2", f"results_dir={tmp_path}", "task=glue/sst2"))
+    assert mini.trainer.group_by_length is False
 
 
 def test_small_lr_search_runs_are_table2_runs(tmp_path):
     """The search's run at a method's default rate is Table 2's run (one record serves both)."""
     from lorafa.results import config_hash
 
-    for method, default in (("lora_fa", "0.003"), ("full_ft", "5e-05")):
+    for method, default in (("lora_fa", "0.001"), ("full_ft", "5e-05")):
         search = run_cli.to_spec(compose_experiment(f"small/lr_search/{method}", f"results_dir={tmp_path}",
                                                     "task=glue/mrpc", f"trainer.lr={default}"))
         table2 = run_cli.to_spec(compose_experiment("small/table2", f"results_dir={tmp_path}", "task=glue/mrpc",

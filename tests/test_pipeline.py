@@ -212,3 +212,36 @@ def test_a_crashing_run_leaves_a_failed_record_and_is_retried(tmp_path, monkeypa
     monkeypatch.undo()
     assert experiment.run(spec).status == "ok"  # a failed record does not count as finished
     assert list(load_records(tmp_path)["status"]) == ["ok"]  # the last record per run wins
+
+
+def test_length_grouping_reorders_batches_not_results(tmp_path):
+    """trainer.group_by_length (the CPU scales): training batches of similar length, evaluation
+    in order of length. The evaluation of the same model gives the same metrics in either order;
+    the option enters the record's config (and hash) only when on, so older records keep theirs."""
+    from lorafa import training
+    from lorafa.recipe import FinetuneRecipe
+    from lorafa.results import config_hash
+
+    grouped, _ = spec_for(tmp_path, ["task=glue/mrpc", "model=tiny-roberta", *TINY["tiny-roberta"], *FAST,
+                                     "trainer.group_by_length=true", "data.max_eval_samples=40",
+                                     "trainer.eval_batch_size=8"])
+    plain, _ = spec_for(tmp_path, ["task=glue/mrpc", "model=tiny-roberta", *TINY["tiny-roberta"], *FAST,
+                                   "data.max_eval_samples=40"])
+    assert grouped.config()["trainer"]["group_by_length"] is True and "group_by_length" not in plain.config()["trainer"]
+    assert config_hash(grouped.config()) != config_hash(plain.config())
+
+    recipe = FinetuneRecipe(grouped, tmp_path / "work")
+    recipe.setup_data()
+    recipe.setup_model()
+    unordered = recipe.prepared.evals[""]
+    recipe.train("grouped")
+    ordered = recipe.prepared.evals[""]
+    lengths = [len(ids) for ids in ordered["input_ids"]]
+    assert lengths == sorted(lengths) and lengths != [len(ids) for ids in unordered["input_ids"]]
+    assert recipe.trainer.args.train_sampling_strategy == "group_by_length"
+    widths = [batch["input_ids"].shape[1] for batch in recipe.trainer.get_eval_dataloader(ordered)]
+    assert widths == sorted(widths)  # read in order: each batch pads to its own longest, the next is longer
+    a, b = recipe.trainer.evaluate(unordered), recipe.trainer.evaluate(ordered)
+    assert a["eval_accuracy"] == b["eval_accuracy"] and a["eval_f1"] == b["eval_f1"]
+    assert abs(a["eval_loss"] - b["eval_loss"]) < 1e-6
+    assert training.by_length(None) is None
