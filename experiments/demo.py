@@ -19,6 +19,7 @@ import itertools
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -102,7 +103,9 @@ def run_training_sweeps(results_root: Path, background: subprocess.Popen | None 
     updated as they go, so that an interrupted suite still reports its part."""
     import run as run_cli
 
+    from lorafa.recipe import EXIT_PREEMPTED
     from lorafa.recipe import run as run_one
+    from lorafa.runner import RunInterrupted
     from lorafa.results import config_hash, find_finished
 
     conf = ROOT / "conf"
@@ -120,6 +123,8 @@ def run_training_sweeps(results_root: Path, background: subprocess.Popen | None 
             share_cores(background)
             run_one(spec)
             counts["trained"] += 1
+        except RunInterrupted as stop:  # SIGTERM during a training: it checkpointed; the suite stops here
+            raise SystemExit(EXIT_PREEMPTED) from stop
         except FileNotFoundError as err:  # MNLI and QQP: not in ../shared/data, no hub here
             counts["unavailable"] = counts.get("unavailable", 0) + 1
             tqdm.write(f"[demo] data unavailable offline: {spec.task} ({str(err).splitlines()[0][:120]})")
@@ -215,6 +220,10 @@ def summary(results_root: Path, wall_s: float, counts: dict, scale: str = "mini"
     return timing
 
 
+def _exit_on_sigterm(signum, frame):
+    raise SystemExit(128 + signum)
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--scale", choices=sorted(SUITES), default="mini", help="whose suite to run (default mini)")
@@ -229,6 +238,7 @@ def main(argv=None) -> None:
         ensure_base_models()
     memory = start_memory_simulations(root) if mini and not args.skip_memory else None
     counts = {"jobs": 0, "trained": 0, "skipped": 0, "failed": 0}
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)  # (a training run checkpoints on it first)
     try:
         counts = run_training_sweeps(root, memory[0] if memory else None, args.scale, counts)
     except (KeyboardInterrupt, SystemExit):
