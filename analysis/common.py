@@ -216,9 +216,9 @@ def markdown(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def cli_records(argv: list[str] | None, description: str, names, what: str) -> tuple[list[str], Path, pd.DataFrame]:
+def cli_records(argv: list[str] | None, description: str, names, what: str) -> tuple[list[str], Path, pd.DataFrame, bool]:
     """The shared command line of analysis.tables and analysis.figures: (the names to build,
-    results/<scale>/, its records)."""
+    results/<scale>/, its records, whether the names were asked for with --only)."""
     import argparse
 
     parser = argparse.ArgumentParser(description=description)
@@ -229,4 +229,4 @@ def cli_records(argv: list[str] | None, description: str, names, what: str) -> t
     base = scale_dir(args.scale, args.root)
     records = load(args.scale, args.root)
     print(f"{len(records)} run record(s) in {base / 'runs.jsonl'}")
-    return list(args.only or names), base, records
+    return list(args.only or names), base, records, args.only is not None

@@ -327,7 +327,7 @@ def write(name: str, records: pd.DataFrame, out_dir: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    names, base, records = cli_records(argv, __doc__.splitlines()[0], FIGURES, "figures")
+    names, base, records, _ = cli_records(argv, __doc__.splitlines()[0], FIGURES, "figures")
     for name in names:
         try:
             print(f"{name}: -> {write(name, records, base / 'figures')}")

@@ -211,6 +211,11 @@ def test_cli_writes_every_table_and_reports_missing(tmp_path, capsys):
     write_record(glue("glue/cola", 1e-4, 0, {}, status="oom"), root / "mini")
     assert tables.main(["--scale", "mini", "--root", str(root)]) == 0
     out = capsys.readouterr().out
+    # only Table 2 has records: the others are not built unless asked for (as at the small scale)
+    assert (root / "mini" / "tables" / "table2.csv").is_file() and not (root / "mini" / "tables" / "table3.csv").exists()
+    assert "table3: no table3 records" in out
+    assert tables.main(["--scale", "mini", "--root", str(root), *[f"--only=table{n}" for n in range(2, 8)]]) == 0
+    out += capsys.readouterr().out
     for n in range(2, 8):
         assert (root / "mini" / "tables" / f"table{n}.csv").stat().st_size > 0
         assert (root / "mini" / "tables" / f"table{n}.md").read_text().startswith(f"# Table {n}")
