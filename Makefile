@@ -15,7 +15,7 @@ RUN := $(PY) experiments/run.py -m
 MEMORY := $(PY) experiments/memory.py -m backend=$(if $(filter mini,$(SCALE)),simulate,$(or $(BACKEND),simulate))
 RESULTS := $(or $(LORAFA_RESULTS_DIR),results)/$(SCALE)
 
-.PHONY: help venv test demo small bench-layer base-models tables figures clean-venv \
+.PHONY: help venv test demo small small-lr-search bench-layer base-models tables figures clean-venv \
         table2 table3 table4 table5 table6 table7 fig2 fig3 fig4 fig5 fig6
 
 help:
@@ -40,6 +40,12 @@ demo: venv
 
 small: venv
 	HF_HUB_OFFLINE=1 WANDB_MODE=offline $(PY) experiments/demo.py --scale small
+
+# Optional, not part of `make small`: more learning rates per method on SST-2 and MRPC. Their
+# runs are Table 2 runs (same experiment), so Table 2 then reports the best rate per cell.
+small-lr-search: venv
+	for m in full_ft prompt_tuning lora lora_fa; do $(RUN) experiment=small/lr_search/$$m || exit 1; done
+	$(PY) -m analysis.tables --scale small --only table2
 
 bench-layer: venv
 	$(PY) benchmarks/bench_layer.py --threads 1 --reps 12
