@@ -87,11 +87,11 @@ def test_small_scale_runs_minilm_and_figure4_reuses_table2s_runs(tmp_path):
 
 def test_small_scale_trainer_settings_per_task(tmp_path):
     """The scale's trainer.by_task wins over its trainer settings, for the named task only:
-    Figure 4's tasks evaluate every 25 steps, the others at the end; all batch by length."""
+    Figure 4's tasks evaluate every 50 steps, the others at the end; all batch by length."""
     def spec(name, *overrides):
         return run_cli.to_spec(compose_experiment(name, f"results_dir={tmp_path}", *overrides))
 
-    for task, eval_steps in (("glue/sst2", 25), ("glue/cola", 25), ("glue/mrpc", None), ("glue/qnli", None)):
+    for task, eval_steps in (("glue/sst2", 50), ("glue/cola", 50), ("glue/mrpc", None), ("glue/qnli", None)):
         s = spec("small/table2", f"task={task}", "method=lora_fa")
         assert s.trainer.eval_steps == eval_steps and s.trainer.group_by_length is True
     assert spec("small/table2", "task=glue/mrpc").data.max_train_samples == 3000
