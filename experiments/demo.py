@@ -203,7 +203,8 @@ def cpu_model() -> str:
 
 
 def summary(results_root: Path, wall_s: float, counts: dict, scale: str = "mini") -> dict:
-    lines = [f"\n[demo] done in {wall_s / 60:.1f} min: {counts['trained']} runs trained, "
+    done = "stopped (rerun to go on) after" if counts.get("interrupted") else "done in"
+    lines = [f"\n[demo] {done} {wall_s / 60:.1f} min: {counts['trained']} runs trained, "
              f"{counts['skipped']} already finished, {counts.get('unavailable', 0)} with data unavailable offline, "
              f"{counts['failed']} failed"]
     lines += _headlines(results_root)
@@ -215,6 +216,7 @@ def summary(results_root: Path, wall_s: float, counts: dict, scale: str = "mini"
                           "python": platform.python_version()},
               **counts}
     path = results_root / TIMING_FILES[scale]  # every run of the suite is kept: a fresh one and the reruns
+    path.parent.mkdir(parents=True, exist_ok=True)
     history = json.loads(path.read_text()).get("runs", []) if path.is_file() else []
     path.write_text(json.dumps({"runs": history + [timing]}, indent=2) + "\n")
     return timing

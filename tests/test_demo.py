@@ -35,3 +35,30 @@ def test_training_leaves_a_core_to_the_running_simulation():
         assert demo.share_cores(None) == os.cpu_count()
     finally:
         torch.set_num_threads(before)
+
+
+def test_an_interrupted_suite_keeps_the_timing_of_its_part(tmp_path, monkeypatch):
+    """SIGTERM (or Ctrl-C) part-way: the runs done so far are counted and their wall time kept,
+    so that a fresh suite finished over several invocations still has its measured total."""
+    import json
+    import signal
+
+    monkeypatch.setenv("LORAFA_RESULTS_DIR", str(tmp_path))
+
+    def two_runs_then_sigterm(root, background, scale, counts):
+        counts.update(jobs=5, trained=2)
+        os.kill(os.getpid(), signal.SIGTERM)  # demo.main turns it into SystemExit(143)
+        return counts
+
+    monkeypatch.setattr(demo, "run_training_sweeps", two_runs_then_sigterm)
+    monkeypatch.setattr(demo, "build_outputs", lambda scale: pytest.fail("no tables after an interruption"))
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        with pytest.raises(SystemExit) as stop:
+            demo.main(["--scale", "small"])
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert stop.value.code == 143
+    runs = json.loads((tmp_path / "small" / "timing.json").read_text())["runs"]
+    assert len(runs) == 1 and runs[0]["interrupted"] is True and runs[0]["trained"] == 2 and runs[0]["jobs"] == 5
+    assert runs[0]["machine"]["cpus"] == os.cpu_count()
