@@ -48,6 +48,8 @@ def optimisation(options) -> str:
         parts.append(f"ZeRO-3 x{o['zero_shards']}")
     if o.get("gradient_checkpointing"):
         parts.append("recompute")
+    if o.get("selective_recompute"):
+        parts.append("selective recomputation")
     return " + ".join(parts) or "none"
 
 
