@@ -87,9 +87,9 @@ def _t5_gated_forward(self, hidden_states):
     hidden_states = recomputed(functools.partial(_gated_product, self.act), self.wi_0(hidden_states),
                                self.wi_1(hidden_states))
     hidden_states = self.dropout(hidden_states)
-    wo = getattr(self.wo, "base", self.wo)  # an adapter layer keeps the linear as .base
-    if isinstance(wo.weight, torch.Tensor) and hidden_states.dtype != wo.weight.dtype and wo.weight.dtype != torch.int8:
-        hidden_states = hidden_states.to(wo.weight.dtype)  # as the stock code (wo kept in fp32 for int8)
+    weight = self.wo.weight  # (an adapter layer answers with its base layer's)
+    if isinstance(weight, torch.Tensor) and hidden_states.dtype != weight.dtype and weight.dtype != torch.int8:
+        hidden_states = hidden_states.to(weight.dtype)  # as the stock code (wo kept in fp32 for int8)
     return self.wo(hidden_states)
 
 
