@@ -48,6 +48,8 @@ def optimisation(options) -> str:
         parts.append(f"ZeRO-3 x{o['zero_shards']}")
     if o.get("gradient_checkpointing"):
         parts.append("recompute")
+    if o.get("selective_recompute"):
+        parts.append("selective recomputation")
     return " + ".join(parts) or "none"
 
 
@@ -142,17 +144,19 @@ def fig5_data(records: pd.DataFrame) -> pd.DataFrame:
 # ---- Figure 3 ---------------------------------------------------------------------------------
 
 def fig3_data(records: pd.DataFrame) -> pd.DataFrame:
-    """One row per (model, method), sorted: GB per segment (mean over repeats), total, and
-    activations_vs_lora (activations over the same model's LoRA; NaN without one)."""
+    """One row per (model, method, opt), sorted: GB per segment (mean over repeats), total, and
+    activations_vs_lora (activations over the same model's LoRA without optimisations; NaN
+    without one). opt: the memory optimisations (optimisation()), "none" for the paper's setting."""
     runs = _records(records, "fig3")
     runs = runs[runs["memory_breakdown"].map(lambda b: isinstance(b, dict) and bool(b))]
     if runs.empty:
         raise NoRecords("no fig3 records with memory_breakdown")
-    rows = [{"model": model, "method": method,
+    runs = runs.assign(opt=runs["options"].map(optimisation))
+    rows = [{"model": model, "method": method, "opt": opt,
              **{s: statistics.fmean((b.get(s) or 0) / GIB for b in g["memory_breakdown"]) for s in SEGMENTS}}
-            for (model, method), g in runs.groupby(["model", "method"], sort=False)]
-    rows.sort(key=lambda row: (row["model"], method_key(row["method"])))
-    lora = {row["model"]: row["activations"] for row in rows if row["method"] == "lora"}
+            for (model, method, opt), g in runs.groupby(["model", "method", "opt"], sort=False)]
+    rows.sort(key=lambda row: (row["model"], row["opt"] != "none", row["opt"], method_key(row["method"])))
+    lora = {row["model"]: row["activations"] for row in rows if row["method"] == "lora" and row["opt"] == "none"}
     for row in rows:
         row["total"] = sum(row[s] for s in SEGMENTS)
         row["activations_vs_lora"] = row["activations"] / lora[row["model"]] if lora.get(row["model"]) else np.nan

@@ -138,8 +138,8 @@ def _breakdown_bars(ax, bars: pd.DataFrame, subtitle: str):
             left += w
         ax.text(left, i, f" {row.total:.3g} GB", va="center", fontsize=8)
     ax.set_xlim(0, 1.12 * bars["total"].max() or 1)
-    ax.set_yticks(range(len(bars)), [f"{method_label(me)}\n{mo}" for mo, me in zip(bars["model"], bars["method"])],
-                  fontsize=8)
+    ax.set_yticks(range(len(bars)), [f"{method_label(me)}{'' if opt == 'none' else ' + ' + opt}\n{mo}"
+                                     for mo, me, opt in zip(bars["model"], bars["method"], bars["opt"])], fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel("memory (GB)")
     ax.set_title(f"Fig. 3: runtime memory breakdown ({subtitle})", fontsize=10)
@@ -149,6 +149,7 @@ def _breakdown_bars(ax, bars: pd.DataFrame, subtitle: str):
 def _relative_activations(ax, bars: pd.DataFrame):
     """Activations relative to LoRA, ours (the first model with a LoRA bar) beside the paper's:
     scale-free, so ours compares with the paper's at any model size."""
+    bars = bars[bars["opt"] == "none"]  # the paper's setting
     methods = [m for m in ACTIVATION_METHODS if m in set(bars["method"])]
     paper = P.FIG3["activations_gb"]
     width = 0.38

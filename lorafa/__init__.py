@@ -24,6 +24,7 @@ _PUBLIC = {
     "adapter_layers": "lorafa.inject",
     "save_adapters": "lorafa.io",
     "load_adapters": "lorafa.io",
+    "enable_selective_recompute": "lorafa.recompute",
     "activation_report": "lorafa.memory.activations",
     "ActivationReport": "lorafa.memory.activations",
 }

@@ -31,6 +31,7 @@ from lorafa.config import AdapterConfig
 from lorafa.inject import add_adapters, count_trainable
 from lorafa.models import check_local_weights_match, load_model, load_tokenizer, weights_identity
 from lorafa.provenance import device_name
+from lorafa.recompute import enable_selective_recompute
 from lorafa.runner import run_once
 from lorafa.results import RunRecord, config_hash
 from lorafa.spec import RunSpec
@@ -70,6 +71,9 @@ class FinetuneRecipe:
 
             model = get_peft_model(model, PromptTuningConfig(task_type=TaskType.SEQ_CLS,
                                                              num_virtual_tokens=method.num_virtual_tokens))
+        if spec.trainer.selective_recompute:
+            changed = enable_selective_recompute(model)
+            print(f"[lorafa] selective recomputation: {changed}", flush=True)
         self.model = model
 
     def train(self, run_name: str) -> None:

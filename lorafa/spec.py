@@ -27,7 +27,7 @@ METHOD_KINDS = ("adapter", "full_ft", "prompt_tuning", "none")  # none: evaluate
 LOGGERS = ("none", "wandb")
 
 
-LATER_TRAINER_FIELDS = {"group_by_length": False}
+LATER_TRAINER_FIELDS = {"group_by_length": False, "selective_recompute": False}
 
 
 @dataclass

@@ -26,6 +26,7 @@ from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, Trainer, Trai
 from transformers.trainer_utils import get_last_checkpoint
 
 from lorafa.callbacks import CudaPeakMemory, DivergenceGuard, EvalHistory, GracefulStop, StepTimer, eval_metrics
+from lorafa.recompute import stock_class
 from lorafa.runner import RunInterrupted
 from lorafa.validation import is_number, require, require_choice, require_int, require_type
 
@@ -48,7 +49,9 @@ class TrainSettings:
     save_steps: also checkpoint every N steps (a SIGKILL then loses fewer than N; null: on
     SIGTERM only); group_by_length: batch training examples of similar length together
     (transformers' LengthGroupedSampler) and evaluate in order of length, so that dynamic
-    padding pads little (2-3x fewer tokens on GLUE's short sentences; the CPU scales use it).
+    padding pads little (2-3x fewer tokens on GLUE's short sentences; the CPU scales use it);
+    selective_recompute: recompute norms, gated MLP activations and the causal-LM loss in
+    backward instead of keeping their intermediates (lorafa.recompute; same gradients).
     """
 
     lr: float = 5e-4
@@ -71,6 +74,7 @@ class TrainSettings:
     report_to: list[str] = field(default_factory=list)
     save_steps: int | None = None
     group_by_length: bool = False
+    selective_recompute: bool = False
 
     def __post_init__(self) -> None:
         def number(name: str, ok, allowed: str) -> None:
@@ -93,6 +97,7 @@ class TrainSettings:
         require_choice("trainer.lr_scheduler", self.lr_scheduler, LR_SCHEDULERS)
         require_type("trainer.gradient_checkpointing", self.gradient_checkpointing, (bool,))
         require_type("trainer.group_by_length", self.group_by_length, (bool,))
+        require_type("trainer.selective_recompute", self.selective_recompute, (bool,))
         require_type("trainer.report_to", self.report_to, (list, tuple))
         require(all(isinstance(r, str) for r in self.report_to), "trainer.report_to", self.report_to,
                 "a list of integration names")
@@ -198,7 +203,7 @@ def loss_takes_num_items(model: nn.Module) -> bool:
     grad_accum) times too large. train_and_evaluate tells the Trainer the truth."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     try:
-        source = inspect.getsource(type(base).forward)
+        source = inspect.getsource(stock_class(base).forward)  # (selective recomputation keeps its loss)
     except (OSError, TypeError):
         return True
     return "loss_function" in source

@@ -132,16 +132,23 @@ def test_table5_memory_oom_and_sources():
                    status=status, peak_memory_bytes=peak, memory_source="simulated" if peak else None)
     df = tables.build_table5(frame(mem("roberta-base", "lora", 8, 9 * gb), mem("roberta-base", "lora", 8, int(9.5 * gb)),
                                    mem("roberta-base", "full_ft", None, None, "oom"),
-                                   mem("llama-7b", "lora_fa", 64, 60 * gb)))
+                                   mem("llama-7b", "lora_fa", 64, 60 * gb),
+                                   run(experiment="table5", model="llama-7b", task="memory", method="lora_fa", r=64,
+                                       batch_size=16, status="ok", peak_memory_bytes=50 * gb, memory_source="simulated",
+                                       options={"selective_recompute": True})))
     assert rows_csv(df, model="roberta-base") == """\
-model,paper_model,method,column,ours,ours_std,n_seeds,r,paper,paper_std,delta,note,batch_size,memory_source,paper_r,paper_batch_size,paper_note
-roberta-base,RoBERTa-base,full_ft,Mem (GB),,,,,9.6,,,oom,64,,,64,
-roberta-base,RoBERTa-base,lora,Mem (GB),9.25,0.3536,2,8,9.2,,0.05,,64,simulated,8,64,
-roberta-base,RoBERTa-base,lora_fa,Mem (GB),,,,8,6.9,,,not run,,,8,64,
+model,paper_model,method,column,ours,ours_std,n_seeds,r,paper,paper_std,delta,note,batch_size,memory_source,paper_r,paper_batch_size,paper_note,selective_recompute
+roberta-base,RoBERTa-base,full_ft,Mem (GB),,,,,9.6,,,oom,64,,,64,,False
+roberta-base,RoBERTa-base,lora,Mem (GB),9.25,0.3536,2,8,9.2,,0.05,,64,simulated,8,64,,False
+roberta-base,RoBERTa-base,lora_fa,Mem (GB),,,,8,6.9,,,not run,,,8,64,,False
 """
-    llama = df[df.model == "llama-7b"].set_index("method")
+    llama = df[(df.model == "llama-7b") & ~df.selective_recompute].set_index("method")
     assert llama.loc["full_ft", "paper_note"] == "OOM" and llama.loc["full_ft", "note"] == "not run"
     assert llama.loc["lora_fa", "ours"] == 60.0 and llama.loc["lora_fa", "delta"] == pytest.approx(-1.49)
+    # with selective recomputation: a row of its own beside the paper's setting, no paper value to compare with
+    recomputed = df[(df.model == "llama-7b") & df.selective_recompute].set_index("method")
+    assert recomputed.loc["lora_fa", "ours"] == 50.0 and pd.isna(recomputed.loc["lora_fa", "paper"])
+    assert "LoRA-FA + sel. recomp." in tables.markdown_table("table5", df)
 
 
 def test_table6_best_lr_and_converging_range():

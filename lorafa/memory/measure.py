@@ -87,7 +87,7 @@ def measure(point: MemoryPoint, block: int = 512, device: str = "cuda") -> Memor
         step = cuda_step(net, make_batch, device=device)
     adapters = point.method != "full_ft"
     options = {"attn_implementation": point.attn_implementation, "gradient_checkpointing": point.gradient_checkpointing,
-               "quantization": point.quantization, "zero_shards": point.zero_shards,
+               "selective_recompute": point.selective_recompute, "quantization": point.quantization, "zero_shards": point.zero_shards,
                "num_adapted_layers": adapted_layer_count(net), "dropout": point.dropout,
                "adapter_dtype": point.adapter_dtype if adapters else None,
                "target_modules": point.config()["target_modules"], "target_len": point.target_len,
@@ -112,7 +112,8 @@ def run_point(point: MemoryPoint, root: str | os.PathLike, force: bool = False):
                     device=_device(point), weights={"source": "architecture only", "arch": dict(point.model.arch)},
                     options={"attn_implementation": point.attn_implementation, "backend": point.backend,
                              "dropout": point.dropout, "num_adapted_layers": point.num_adapted_layers,
-                             "gradient_checkpointing": point.gradient_checkpointing})
+                             "gradient_checkpointing": point.gradient_checkpointing,
+                             "selective_recompute": point.selective_recompute})
     config = point.config()
     return run_once(Path(root), config, point.run_id(config_hash(config)), describe,
                     lambda: measure(point).record_fields(), reuse=("ok", "oom"), force=force)

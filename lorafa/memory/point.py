@@ -41,7 +41,9 @@ class MemoryPoint:
     backend: simulate (fake tensors, any CPU) | cuda (the same step for real on a GPU).
     r, alpha (None: 4·r), dropout, adapter_dtype, target_modules: the adapters.
     num_adapted_layers: adapt only the first N target layers (Figure 2b); None: all.
-    attn_implementation: eager | sdpa; gradient_checkpointing: recompute block activations.
+    attn_implementation: eager | sdpa; gradient_checkpointing: recompute block activations;
+    selective_recompute: recompute norms, gated activations and the causal-LM loss in backward
+    (lorafa.recompute; the paper's section 3.2).
     quantization: None | nf4 (QLoRA); zero_shards: > 1 shards the frozen base (ZeRO-3).
     capacity_gb: status "oom" above this many 10^9 bytes (None: never).
     experiment, scale: the record's experiment name and results folder.
@@ -60,6 +62,7 @@ class MemoryPoint:
     num_adapted_layers: int | None = None
     attn_implementation: str = "eager"
     gradient_checkpointing: bool = False
+    selective_recompute: bool = False
     quantization: str | None = None
     zero_shards: int = 1
     target_len: int | None = None
@@ -83,6 +86,8 @@ class MemoryPoint:
             require_choice(name, getattr(self, name), allowed)
         for name in ("batch_size", "seq_len", "r", "zero_shards"):
             require_int(name, getattr(self, name))
+        for name in ("gradient_checkpointing", "selective_recompute"):
+            require(isinstance(getattr(self, name), bool), name, getattr(self, name), "true or false")
         for name in ("num_adapted_layers", "target_len"):
             require_int(name, getattr(self, name), allow_none=True)
         require(is_number(self.dropout) and 0 <= self.dropout < 1, "dropout", self.dropout, "a number in [0, 1)")
@@ -122,7 +127,9 @@ class MemoryPoint:
                 "num_adapted_layers": self.num_adapted_layers, "attn_implementation": self.attn_implementation,
                 "gradient_checkpointing": bool(self.gradient_checkpointing), "quantization": self.quantization,
                 "zero_shards": self.zero_shards, "target_len": self.target_len,
-                "capacity_bytes": self.capacity_bytes}
+                "capacity_bytes": self.capacity_bytes,
+                # added later: in the hash only when on, so the records made before it keep theirs
+                **({"selective_recompute": True} if self.selective_recompute else {})}
 
     def run_id(self, digest: str) -> str:
         parts = (self.experiment.replace("/", "_"), self.model.name, self.method, f"b{self.batch_size}",

@@ -26,6 +26,8 @@ def options_label(options: dict | None, method: str | None = None) -> str:
         parts.append(f"ZeRO-3 x{o['zero_shards']}")
     if o.get("gradient_checkpointing"):
         parts.append("checkpointing")
+    if o.get("selective_recompute"):
+        parts.append("selective recomputation")
     if method != "full_ft" and o.get("num_adapted_layers") is not None:
         parts.append(f"layers={o['num_adapted_layers']}")
     if o.get("dropout"):

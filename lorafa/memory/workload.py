@@ -29,6 +29,10 @@ def prepare_model(point: MemoryPoint, *, dtype: str = "bfloat16", device: str = 
                            device=device)
     else:
         add_adapters(model, _adapter_config(point, model))
+    if point.selective_recompute:
+        from lorafa.recompute import enable_selective_recompute
+
+        enable_selective_recompute(model)
     if point.gradient_checkpointing:
         # Non-reentrant checkpointing needs no input that requires grad (frozen embeddings).
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
