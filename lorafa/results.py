@@ -289,6 +289,27 @@ def find_finished(root: str | os.PathLike, config_hash: str, statuses: tuple[str
     return None
 
 
+def find_same_run(root: str | os.PathLike, config: dict[str, Any],
+                  statuses: tuple[str, ...] = ("ok",)) -> RunRecord | None:
+    """The latest finished run of `config` under another experiment's name, or None.
+
+    The experiment's name only labels a record (which table it belongs to): two sweeps that
+    share a configuration (Table 6's Kaiming-uniform point is Table 7's alpha 32 and one of
+    Figure 6's) need it trained once. Candidates are checked as in find_finished.
+    """
+    root = Path(root)
+    label = lambda c: {k: v for k, v in c.items() if k != "experiment"}  # noqa: E731
+    same = label(config)
+    for data in reversed(_read_index(root)):
+        if data.get("status") not in statuses or not isinstance(data.get("config"), dict) \
+                or data["config"].get("experiment") == config.get("experiment") or label(data["config"]) != same:
+            continue
+        found = find_finished(root, data["config_hash"], statuses)
+        if found is not None and found.run_id == data["run_id"]:
+            return found
+    return None
+
+
 def plain(value):
     """NaN/NA -> None and numpy scalars -> Python values, so records compare and print plainly."""
     if value is None or value is pd.NA or value is pd.NaT:

@@ -3,7 +3,9 @@
     record, reused = run_once(root, config, run_id, describe, execute)
 
 1. The run's resolved configuration (plain data) is hashed; a finished record with that
-   hash under `root` is returned as it is (sweeps resume, reruns cost nothing).
+   hash under `root` is returned as it is (sweeps resume, reruns cost nothing). A finished
+   run of the same configuration under another experiment's name gives this experiment its
+   record without training again: its results and provenance, `options.same_run_as` naming it.
 2. Otherwise `execute()` runs and returns the record's result fields (status, metrics,
    memory, weights, ...); `describe` holds the fields known beforehand (model, task,
    method, r, lr, ...), so that a run that fails still leaves a record saying what it was.
@@ -16,6 +18,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -23,7 +26,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from lorafa.provenance import git_commit, git_dirty, package_versions, utc_now
-from lorafa.results import RunRecord, config_hash, find_finished, write_record
+from lorafa.results import RunRecord, config_hash, find_finished, find_same_run, write_record
 
 
 class RunInterrupted(RuntimeError):
@@ -53,6 +56,12 @@ def run_once(root: str | os.PathLike, config: dict[str, Any], run_id: str, descr
     digest = config_hash(config)
     if not force and (done := find_finished(root, digest, reuse)) is not None:
         return done, True
+    if not force and (twin := find_same_run(root, config, reuse)) is not None:
+        shared = dataclasses.replace(twin, run_id=run_id, experiment=config["experiment"], config=config,
+                                     config_hash=digest, options={**twin.options, "same_run_as": twin.run_id})
+        if write:
+            write_record(shared, root)
+        return shared, True
     common = dict(describe, run_id=run_id, config_hash=digest, config=config, versions=package_versions(),
                   git_commit=git_commit(), git_dirty=git_dirty(), started_at=utc_now())
     t0 = time.perf_counter()

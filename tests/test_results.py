@@ -160,3 +160,30 @@ def test_records_written_before_the_provenance_fields_still_read(tmp_path):
     assert record.run_id == "old" and record.config is None and record.versions is None and record.weights is None
     frame = load_records(tmp_path)
     assert frame.loc[0, "metrics"] == {"accuracy": 0.5} and frame.loc[0, "config"] is None
+
+
+def test_a_configuration_shared_by_two_experiments_trains_once(tmp_path):
+    """Table 6's Kaiming point is Table 7's alpha 32: the second sweep gets a record of its own
+    (its experiment, config and hash) with the first run's results and provenance."""
+    from lorafa.runner import run_once
+
+    trained = []
+
+    def execute(accuracy):
+        return lambda: trained.append(accuracy) or dict(status="ok", metrics={"accuracy": accuracy})
+
+    def sweep(experiment, accuracy, lr=1e-3):
+        config = {"experiment": experiment, "task": "glue/mrpc", "trainer": {"lr": lr}}
+        describe = dict(experiment=experiment, task="glue/mrpc", method="lora_fa")
+        return run_once(tmp_path, config, f"{experiment}-{lr}", describe, execute(accuracy))
+
+    first, reused = sweep("table6", 0.72)
+    assert not reused and trained == [0.72]
+    shared, reused = sweep("table7", 0.99)  # the same configuration: not trained again
+    assert reused and trained == [0.72]
+    assert shared.experiment == "table7" and shared.run_id == "table7-0.001" and shared.metrics == {"accuracy": 0.72}
+    assert shared.config["experiment"] == "table7" and shared.config_hash == config_hash(shared.config) != first.config_hash
+    assert shared.options["same_run_as"] == first.run_id and shared.started_at == first.started_at
+    assert read_record(tmp_path / "runs" / "table7-0.001" / "record.json") == shared
+    assert sweep("table7", 0.5)[0] == shared and trained == [0.72]  # its own record now: found by hash
+    assert not sweep("table7", 0.61, lr=3e-3)[1] and trained == [0.72, 0.61]  # another configuration trains
