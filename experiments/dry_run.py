@@ -1,0 +1,137 @@
+"""`make dry-run`: every paper experiment rehearsed on this machine, through the Hydra launcher.
+
+    python experiments/dry_run.py                      # every paper experiment (make dry-run)
+    python experiments/dry_run.py --only table3 fig6   # some of them
+
+For each experiment of conf/experiment/ (the paper scale), one `experiments/run.py -m
+experiment=NAME dry_run=true logger=wandb` sweep, with every sweep parameter that does not
+change the code path (learning rate, seed, alpha, rank) cut to its first value: so each
+distinct model x task x method point (x A's initialisation in Table 6) runs once, with
+random weights of the real architecture, one optimizer step and a handful of evaluations
+(lorafa/dryrun.py says what changes). Records go to results/dry-run/ (never read by the
+analysis); each sweep's output to results/dry-run/logs/NAME.log. Ends with a table: point,
+status, seconds, written to results/dry-run/summary.csv; exits 1 if a point failed for any
+reason other than data that is unavailable offline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tqdm import tqdm
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "experiments"))
+
+from demo import sweep_jobs  # noqa: E402
+
+EXPERIMENTS = ("table2", "table2_large", "table3", "table3_base", "table3_large", "table4_base", "table4",
+               "table6", "table7", "fig4", "fig6")
+CODE_PATH_KEYS = ("task", "method", "model", "init_a")  # sweep keys whose values take different code
+UNAVAILABLE = "data unavailable offline"
+
+
+def reduced_overrides(experiment: str) -> list[str]:
+    """`key=first_value` for each sweep key of the experiment that does not change the code path;
+    on the command line they replace the config's sweep lists (Hydra's basic sweeper)."""
+    first = {}
+    for job in sweep_jobs(ROOT / "conf", experiment):
+        for override in job[1:]:
+            key, _, value = override.partition("=")
+            if key not in CODE_PATH_KEYS:
+                first.setdefault(key, value)
+    return [f"{k}={v}" for k, v in first.items()]
+
+
+def distinct_points(experiment: str) -> int:
+    seen = set()
+    for job in sweep_jobs(ROOT / "conf", experiment):
+        seen.add(tuple(o for o in job[1:] if o.partition("=")[0] in CODE_PATH_KEYS))
+    return len(seen)
+
+
+def run_sweep(experiment: str, root: Path, log: Path) -> float:
+    """One experiment's dry sweep in its own process (as a user runs it); its wall time."""
+    cmd = [sys.executable, str(ROOT / "experiments" / "run.py"), "-m", f"experiment={experiment}", "dry_run=true",
+           "logger=wandb", f"results_dir={root}", *reduced_overrides(experiment),
+           f"hydra.sweep.dir={root / 'multirun' / experiment}"]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", WANDB_MODE="offline", WANDB_SILENT="true")
+    log.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    with log.open("w") as out:
+        out.write(" ".join(cmd) + "\n")
+        out.flush()
+        subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    return time.perf_counter() - t0
+
+
+def summary_rows(root: Path, experiments) -> list[dict]:
+    """One row per dry-run record of these experiments: the point, its status and seconds."""
+    from lorafa.results import load_records
+
+    frame = load_records(root)
+    rows = []
+    for rec in frame.to_dict("records"):
+        if rec["experiment"] not in experiments:
+            continue
+        error = str(rec.get("error") or "")
+        status = rec["status"] if rec["status"] != "failed" or not error.startswith(UNAVAILABLE) else UNAVAILABLE
+        init = (rec.get("config") or {}).get("method", {}).get("adapter") or {}
+        point = f"{rec['experiment']} {rec['model']} {rec['task']} {rec['method']}"
+        if rec["experiment"] == "table6":
+            point += f" init_a={init.get('init_a')}"
+        rows.append({"point": point, "status": status, "seconds": round(rec.get("wall_s") or 0, 1),
+                     "error": "" if status in ("ok", UNAVAILABLE) else error.splitlines()[0][:160]})
+    return rows
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", nargs="+", choices=EXPERIMENTS, help="these experiments only")
+    ap.add_argument("--results-dir", default=None, help="default: $LORAFA_RESULTS_DIR/dry-run or results/dry-run")
+    ap.add_argument("--keep", action="store_true", help="keep earlier dry-run records (default: start afresh)")
+    args = ap.parse_args(argv)
+    from lorafa.paths import results_dir
+
+    root = Path(args.results_dir) if args.results_dir else results_dir() / "dry-run"
+    experiments = args.only or EXPERIMENTS
+    if not args.keep:  # a rehearsal reruns everything: records of an older code path prove nothing
+        for stale in ("runs", "runs.jsonl", "multirun", "logs", "wandb"):
+            path = root / stale
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+    total = sum(distinct_points(e) for e in experiments)
+    print(f"[dry-run] {len(experiments)} experiments, {total} distinct points -> {root}")
+    t0 = time.perf_counter()
+    bar = tqdm(experiments, desc="dry run", unit="experiment")
+    for experiment in bar:
+        bar.set_postfix_str(f"{experiment} ({distinct_points(experiment)} points)")
+        run_sweep(experiment, root, root / "logs" / f"{experiment}.log")
+    wall = time.perf_counter() - t0
+    names = {e.removesuffix("_large").removesuffix("_base") for e in experiments}
+    rows = summary_rows(root, names)
+    with (root / "summary.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["point", "status", "seconds", "error"])
+        writer.writeheader()
+        writer.writerows(rows)
+    width = max([len(r["point"]) for r in rows] + [5])
+    print(f"\n{'point':<{width}}  {'status':<24} {'seconds':>8}")
+    for r in rows:
+        print(f"{r['point']:<{width}}  {r['status']:<24} {r['seconds']:>8.1f}  {r['error']}")
+    bad = [r for r in rows if r["status"] not in ("ok", UNAVAILABLE)]
+    counts = {s: sum(r["status"] == s for r in rows) for s in dict.fromkeys(r["status"] for r in rows)}
+    print(f"\n[dry-run] {len(rows)} of {total} points recorded: {counts}; wall {wall / 60:.1f} min; "
+          f"-> {root / 'summary.csv'} (logs: {root / 'logs'})")
+    if len(rows) < total:
+        print(f"[dry-run] {total - len(rows)} point(s) left no record: see the logs", file=sys.stderr)
+    return 1 if bad or len(rows) < total else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""The dry run (make dry-run) keeps the paper-scale path exercised: real architectures with
+random weights, the Hydra launcher, the Trainer, the task's preprocessing and metrics, records."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "experiments"))
+
+
+def dry_sweep(tmp_path: Path, *overrides: str) -> list[dict]:
+    """`run.py -m ... dry_run=true` as a user runs it; the records it wrote."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", WANDB_MODE="offline", WANDB_SILENT="true",
+               PYTHONPATH=str(ROOT))
+    cmd = [sys.executable, str(ROOT / "experiments" / "run.py"), "-m", *overrides, "dry_run=true", "logger=wandb",
+           f"results_dir={tmp_path}", f"hydra.sweep.dir={tmp_path / 'multirun'}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "[dry-run] precision bf16" in proc.stdout  # the mapping is printed
+    return [json.loads(line) for line in (tmp_path / "runs.jsonl").read_text().splitlines()]
+
+
+def test_dry_run_of_a_paper_glue_point_and_a_paper_translation_point(tmp_path):
+    from analysis.common import load
+    from lorafa.models import load_model_spec
+
+    (glue,) = dry_sweep(tmp_path, "experiment=table2", "task=glue/rte", "method=lora_fa", "trainer.lr=5e-5", "seed=0")
+    assert glue["status"] == "ok" and glue["model"] == "roberta-base" and glue["experiment"] == "table2"
+    assert glue["config"]["dry_run"] is True and glue["options"]["dry_run"] is True
+    assert glue["config"]["trainer"]["precision"] == "bf16" and glue["config"]["trainer"]["max_steps"] == 1
+    assert glue["options"]["steps_run"] == 1 and 0 <= glue["metrics"]["accuracy"] <= 1
+    # RoBERTa-base at full size, from a from_pretrained directory of random weights
+    arch = glue["config"]["model"]["arch"]
+    assert {k: arch[k] for k in ("hidden_size", "num_hidden_layers", "vocab_size")} == \
+           {k: load_model_spec("roberta-base").arch[k] for k in ("hidden_size", "num_hidden_layers", "vocab_size")}
+    assert glue["weights"]["source"] == "local" and glue["weights"]["path"].startswith(str(tmp_path / "models"))
+
+    (t5,) = dry_sweep(tmp_path, "experiment=table3", "method=lora_fa", "trainer.lr=5e-5")
+    assert t5["status"] == "ok" and t5["model"] == "t5-small" and t5["task"] == "wmt16_en_ro"
+    assert {"bleu", "rougeL"} <= set(t5["metrics"]) and t5["config"]["trainer"]["num_beams"] == 4
+    assert t5["config"]["model"]["arch"]["d_model"] == load_model_spec("t5-small").arch["d_model"]
+
+    # never counted by the analysis, wherever they are written
+    from lorafa.results import load_records
+
+    assert len(load_records(tmp_path)) == 2
+    assert load(tmp_path.name, tmp_path.parent).empty
+
+
+def test_dry_run_cuts_only_what_does_not_change_the_code_path():
+    from dry_run import distinct_points, reduced_overrides
+
+    table2 = reduced_overrides("table2")
+    assert table2 == ["trainer.lr=5e-5", "seed=0"]
+    assert distinct_points("table2") == 32 and distinct_points("table6") == 3  # 8 tasks x 4 methods; 3 inits
+    assert "rank=1" in reduced_overrides("fig6") and distinct_points("fig6") == 2
+
+
+def test_rehearsal_keeps_the_real_layer_shapes_of_a_7b_model(tmp_path, monkeypatch):
+    from lorafa import dryrun
+    from lorafa.models import load_model_spec
+
+    built = []  # building 2 LLaMA-7B layers takes a minute: check what would be built
+    monkeypatch.setattr(dryrun, "_save_random_model",
+                        lambda arch, family, tokenizer, folder: (built.append(arch), folder.mkdir(parents=True)))
+    spec, notes = dryrun.rehearsal_weights(load_model_spec("llama-7b"), tmp_path)
+    assert spec.arch["num_hidden_layers"] == dryrun.CAUSAL_LAYERS == built[0]["num_hidden_layers"]
+    assert (built[0]["hidden_size"], built[0]["intermediate_size"], built[0]["vocab_size"]) == (4096, 11008, 32000)
+    assert spec.path == str((tmp_path / spec.path.split("/")[-1]).resolve()) and spec.hub_id == "huggyllama/llama-7b"
+    assert any("2 of its 32 layers" in n for n in notes)
