@@ -7,11 +7,15 @@ For each experiment of conf/experiment/ (the paper scale), one `experiments/run.
 experiment=NAME dry_run=true logger=wandb` sweep, with every sweep parameter that does not
 change the code path (learning rate, seed, alpha, rank) cut to its first value: so each
 distinct model x task x method point (x A's initialisation in Table 6) runs once, with
-random weights of the real architecture, one optimizer step and a handful of evaluations
-(lorafa/dryrun.py says what changes). Records go to results/dry-run/ (never read by the
-analysis); each sweep's output to results/dry-run/logs/NAME.log. Ends with a table: point,
-status, seconds, written to results/dry-run/summary.csv; exits 1 if a point failed for any
-reason other than data that is unavailable offline.
+random weights of the real architecture, one optimizer step and a handful of evaluations.
+Then each memory sweep of conf/memory/experiment/ as `experiments/memory.py -m
+experiment=NAME backend=cuda dry_run=true`: the GPU meter's step, on the CPU, once per model x
+method x optimisation (batch sizes, ranks and adapted-layer counts cut to their first value;
+nf4 and ZeRO-3 are simulated only, so they have no GPU step to rehearse). lorafa/dryrun.py
+says what changes. Records go to results/dry-run/ (never read by the analysis); each sweep's
+output to results/dry-run/logs/NAME.log. Ends with a table: point, status, seconds, written
+to results/dry-run/summary.csv; exits 1 if a point failed for any reason other than data
+that is unavailable offline.
 """
 
 from __future__ import annotations
@@ -32,36 +36,57 @@ sys.path.insert(0, str(ROOT / "experiments"))
 
 from demo import sweep_jobs  # noqa: E402
 
-EXPERIMENTS = ("table2", "table2_large", "table3", "table3_base", "table3_large", "table4_base", "table4",
-               "table6", "table7", "fig4", "fig6")
-CODE_PATH_KEYS = ("task", "method", "model", "init_a")  # sweep keys whose values take different code
+TRAINING = ("table2", "table2_large", "table3", "table3_base", "table3_large", "table4_base", "table4",
+            "table6", "table7", "fig4", "fig6")
+MEMORY = ("table5", "fig2a", "fig2b", "fig2c", "fig3", "fig5")
+EXPERIMENTS = TRAINING + MEMORY
+# Sweep keys whose values take different code; the others are cut to their first value.
+CODE_PATH_KEYS = {"training": ("task", "method", "model", "init_a"),
+                  "memory": ("model", "method", "optimisation", "selective_recompute", "dropout")}
+SIMULATED_ONLY = ("qlora", "zero3")  # memory optimisations the GPU meter does not take
 UNAVAILABLE = "data unavailable offline"
 
 
+def kind(experiment: str) -> str:
+    return "memory" if experiment in MEMORY else "training"
+
+
+def _jobs(experiment: str) -> list[list[str]]:
+    """The sweep's jobs, without the optimisations that have no GPU step to rehearse."""
+    conf = ROOT / "conf" / ("memory" if kind(experiment) == "memory" else "")
+    return [job for job in sweep_jobs(conf, experiment)
+            if not any(o in (f"optimisation={s}" for s in SIMULATED_ONLY) for o in job)]
+
+
 def reduced_overrides(experiment: str) -> list[str]:
-    """`key=first_value` for each sweep key of the experiment that does not change the code path;
-    on the command line they replace the config's sweep lists (Hydra's basic sweeper)."""
-    first = {}
-    for job in sweep_jobs(ROOT / "conf", experiment):
+    """`key=values` for each sweep key of the experiment: the code-path keys keep their values
+    (less the simulated-only optimisations), the others their first; on the command line they
+    replace the config's sweep lists (Hydra's basic sweeper)."""
+    values: dict[str, list[str]] = {}
+    for job in _jobs(experiment):
         for override in job[1:]:
             key, _, value = override.partition("=")
-            if key not in CODE_PATH_KEYS:
-                first.setdefault(key, value)
-    return [f"{k}={v}" for k, v in first.items()]
+            values.setdefault(key, [])
+            if value not in values[key]:
+                values[key].append(value)
+    keep = CODE_PATH_KEYS[kind(experiment)]
+    return [f"{k}={','.join(v) if k in keep else v[0]}" for k, v in values.items()]
 
 
 def distinct_points(experiment: str) -> int:
-    seen = set()
-    for job in sweep_jobs(ROOT / "conf", experiment):
-        seen.add(tuple(o for o in job[1:] if o.partition("=")[0] in CODE_PATH_KEYS))
-    return len(seen)
+    keep = CODE_PATH_KEYS[kind(experiment)]
+    return len({tuple(o for o in job[1:] if o.partition("=")[0] in keep) for job in _jobs(experiment)})
 
 
 def run_sweep(experiment: str, root: Path, log: Path) -> float:
     """One experiment's dry sweep in its own process (as a user runs it); its wall time."""
-    cmd = [sys.executable, str(ROOT / "experiments" / "run.py"), "-m", f"experiment={experiment}", "dry_run=true",
-           "logger=wandb", f"results_dir={root}", *reduced_overrides(experiment),
-           f"hydra.sweep.dir={root / 'multirun' / experiment}"]
+    if kind(experiment) == "memory":
+        cmd = [sys.executable, str(ROOT / "experiments" / "memory.py"), "-m", f"experiment={experiment}",
+               "backend=cuda", "dry_run=true", f"results_dir={root}"]
+    else:
+        cmd = [sys.executable, str(ROOT / "experiments" / "run.py"), "-m", f"experiment={experiment}",
+               "dry_run=true", "logger=wandb", f"results_dir={root}"]
+    cmd += [*reduced_overrides(experiment), f"hydra.sweep.dir={root / 'multirun' / experiment}"]
     env = dict(os.environ, HF_HUB_OFFLINE="1", WANDB_MODE="offline", WANDB_SILENT="true")
     log.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -83,10 +108,16 @@ def summary_rows(root: Path, experiments) -> list[dict]:
             continue
         error = str(rec.get("error") or "")
         status = rec["status"] if rec["status"] != "failed" or not error.startswith(UNAVAILABLE) else UNAVAILABLE
-        init = (rec.get("config") or {}).get("method", {}).get("adapter") or {}
-        point = f"{rec['experiment']} {rec['model']} {rec['task']} {rec['method']}"
-        if rec["experiment"] == "table6":
-            point += f" init_a={init.get('init_a')}"
+        config = rec.get("config") or {}
+        if rec["experiment"] in MEMORY:
+            opts = rec.get("options") or {}
+            extras = [f"{k}={opts[k]}" for k in ("attn_implementation", "selective_recompute", "dropout")
+                      if opts.get(k) not in (None, False, "eager", 0.0)]
+            point = " ".join([rec["experiment"], rec["model"], rec["method"], "(memory)", *extras])
+        else:
+            point = f"{rec['experiment']} {rec['model']} {rec['task']} {rec['method']}"
+            if rec["experiment"] == "table6":
+                point += f" init_a={(config.get('method', {}).get('adapter') or {}).get('init_a')}"
         rows.append({"point": point, "status": status, "seconds": round(rec.get("wall_s") or 0, 1),
                      "error": "" if status in ("ok", UNAVAILABLE) else error.splitlines()[0][:160]})
     return rows

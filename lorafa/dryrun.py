@@ -142,3 +142,33 @@ def _save_random_model(arch: dict, family: str, tokenizer, folder: Path) -> None
     tokenizer.save_pretrained(tmp)
     shutil.rmtree(folder, ignore_errors=True)
     tmp.rename(folder)
+
+
+def rehearsal_point(point):
+    """The dry run of a memory point (a lorafa.memory.point.MemoryPoint): the GPU meter's step
+    (backend cuda), run on the CPU when there is no GPU, at batch <= 2 and sequence <= 64 on
+    the same architecture (7B causal LMs cut to `CAUSAL_LAYERS` layers, Figure 2b's adapted
+    layer counts cut in proportion), and what changed, in words. ValueError for the points the
+    meter cannot take (nf4, ZeRO-3: simulated only)."""
+    if point.quantization or point.zero_shards > 1:
+        raise ValueError("simulated only: backend cuda measures one unquantised GPU (no dry run of it)")
+    model, notes, n_adapted = point.model, [], point.num_adapted_layers
+    layers = model.arch.get("num_hidden_layers")
+    if model.family == "causal" and layers and layers > CAUSAL_LAYERS:
+        model = dataclasses.replace(model, arch={**model.arch, "num_hidden_layers": CAUSAL_LAYERS})
+        notes.append(f"{model.name}: {CAUSAL_LAYERS} of its {layers} layers (real layer shapes)")
+        if n_adapted is not None:
+            n_adapted = max(1, round(n_adapted * CAUSAL_LAYERS / layers))
+    short = lambda n: None if n is None else min(n, 64)  # noqa: E731
+    rehearsal = dataclasses.replace(point, model=model, backend="cuda", batch_size=min(point.batch_size, 2),
+                                    seq_len=short(point.seq_len), target_len=short(point.target_len),
+                                    num_adapted_layers=n_adapted, capacity_gb=None, dry_run=True)
+    notes.append(f"backend cuda's step{'' if _has_gpu() else ' on the CPU (no GPU)'}, batch "
+                 f"{rehearsal.batch_size}, sequence {rehearsal.seq_len}, random weights")
+    return rehearsal, notes
+
+
+def _has_gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()

@@ -56,9 +56,11 @@ def test_dry_run_cuts_only_what_does_not_change_the_code_path():
     from dry_run import distinct_points, reduced_overrides
 
     table2 = reduced_overrides("table2")
-    assert table2 == ["trainer.lr=5e-5", "seed=0"]
+    assert table2[0].startswith("task=glue/mrpc,glue/cola,") and table2[2:] == ["trainer.lr=5e-05", "seed=0"]
     assert distinct_points("table2") == 32 and distinct_points("table6") == 3  # 8 tasks x 4 methods; 3 inits
     assert "rank=1" in reduced_overrides("fig6") and distinct_points("fig6") == 2
+    # memory: every model x method x recomputation of Table 5; nf4 and ZeRO-3 have no GPU step
+    assert distinct_points("table5") == 36 and "optimisation=none,flash_attention" in reduced_overrides("fig2a")
 
 
 def test_rehearsal_keeps_the_real_layer_shapes_of_a_7b_model(tmp_path, monkeypatch):
@@ -73,3 +75,30 @@ def test_rehearsal_keeps_the_real_layer_shapes_of_a_7b_model(tmp_path, monkeypat
     assert (built[0]["hidden_size"], built[0]["intermediate_size"], built[0]["vocab_size"]) == (4096, 11008, 32000)
     assert spec.path == str((tmp_path / spec.path.split("/")[-1]).resolve()) and spec.hub_id == "huggyllama/llama-7b"
     assert any("2 of its 32 layers" in n for n in notes)
+
+
+def test_memory_dry_run_takes_the_gpu_meters_step_on_the_cpu(tmp_path):
+    import pytest
+    import torch
+
+    from lorafa.dryrun import rehearsal_point
+    from lorafa.memory.measure import measure, run_point
+    from lorafa.memory.point import MemoryPoint
+
+    point = MemoryPoint(model="tiny-llama", method="lora_fa", batch_size=16, seq_len=1024, r=8,
+                        num_adapted_layers=4, selective_recompute=True, experiment="fig3")
+    rehearsal, notes = rehearsal_point(point)
+    assert (rehearsal.backend, rehearsal.batch_size, rehearsal.seq_len) == ("cuda", 2, 64)
+    assert rehearsal.model.arch["num_hidden_layers"] == 2 and rehearsal.num_adapted_layers == 2  # 4 of 4 layers' worth, halved
+    record, reused = run_point(rehearsal, tmp_path)
+    assert not reused and record.status == "ok" and record.config["dry_run"] is True
+    assert record.config["arch"]["num_hidden_layers"] == 2 and record.options["dry_run"] is True
+    if not torch.cuda.is_available():
+        assert record.memory_source == "cpu-accounting" and record.step_time_s > 0
+        parts = record.memory_breakdown
+        assert record.peak_memory_bytes == parts["weights"] + parts["optimizer_states"] + parts["gradients"] \
+            + parts["activations"] > 0
+        with pytest.raises(RuntimeError, match="needs a CUDA GPU"):  # only a dry run goes without one
+            measure(MemoryPoint(model="tiny-llama", method="lora_fa", batch_size=1, seq_len=8, backend="cuda"))
+    with pytest.raises(ValueError, match="simulated only"):
+        rehearsal_point(MemoryPoint(model="tiny-llama", method="lora_fa", batch_size=1, seq_len=8, quantization="nf4"))
