@@ -64,7 +64,8 @@ def rehearsal_spec(spec, root: str | Path):
     notes.append(f"precision {precision}, model dtype {model.dtype}")
     trainer = dataclasses.replace(
         trainer, max_steps=1, batch_size=min(trainer.batch_size, TRAIN_BATCH), grad_accum=1,
-        eval_batch_size=min(trainer.eval_batch_size, EVAL_BATCH), eval_steps=None, logging_steps=1,
+        eval_batch_size=min(trainer.eval_batch_size, EVAL_BATCH), logging_steps=1,
+        eval_steps=1 if trainer.eval_steps else None,  # Figure 4's periodic evaluation still runs, once
         max_new_tokens=min(trainer.max_new_tokens, MAX_NEW_TOKENS), precision=precision)
     data = dataclasses.replace(
         data, max_train_samples=TRAIN_EXAMPLES, max_eval_samples=EVAL_EXAMPLES,
