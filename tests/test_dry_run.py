@@ -14,7 +14,9 @@ sys.path.insert(0, str(ROOT / "experiments"))
 
 
 def dry_sweep(tmp_path: Path, *overrides: str) -> list[dict]:
-    """`run.py -m ... dry_run=true` as a user runs it; the records it wrote."""
+    """`run.py -m ... dry_run=true` as a user runs it; the records it wrote (not earlier ones)."""
+    index = tmp_path / "runs.jsonl"
+    before = len(index.read_text().splitlines()) if index.exists() else 0
     env = dict(os.environ, HF_HUB_OFFLINE="1", WANDB_MODE="offline", WANDB_SILENT="true",
                PYTHONPATH=str(ROOT))
     cmd = [sys.executable, str(ROOT / "experiments" / "run.py"), "-m", *overrides, "dry_run=true", "logger=wandb",
@@ -22,7 +24,7 @@ def dry_sweep(tmp_path: Path, *overrides: str) -> list[dict]:
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "[dry-run] precision bf16" in proc.stdout  # the mapping is printed
-    return [json.loads(line) for line in (tmp_path / "runs.jsonl").read_text().splitlines()]
+    return [json.loads(line) for line in index.read_text().splitlines()[before:]]
 
 
 def test_dry_run_of_a_paper_glue_point_and_a_paper_translation_point(tmp_path):
