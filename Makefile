@@ -71,7 +71,7 @@ figures: venv
 table2: venv
 	$(RUN) experiment=$(EXP)table2
 	$(if $(EXP),,$(RUN) experiment=table2_large)
-	$(if $(filter small,$(SCALE)),$(RUN) experiment=small/table2_lr && $(RUN) experiment=small/table2_lora_lr && $(RUN) experiment=small/table2_seeds)
+	$(if $(filter small,$(SCALE)),$(RUN) experiment=small/table2_lr && $(RUN) experiment=small/table2_seeds)
 	$(PY) -m analysis.tables --scale $(SCALE) --only table2
 table3: venv
 	$(RUN) experiment=$(EXP)table3

@@ -38,7 +38,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the demo never reaches the hub
 # small: the learning-rate search first (its records document each method's small-scale rate).
 SUITES = {
     "mini": ("table2", "table3", "table4_base", "table4", "table6", "table7", "fig6"),
-    "small": ("table2", "table2_lr", "table2_lora_lr", "table2_seeds", "table6", "table7", "fig6"),
+    "small": ("table2", "table2_lr", "table2_seeds", "table6", "table7", "fig6"),
 }
 TIMING_FILES = {"mini": "demo_timing.json", "small": "timing.json"}
 MEMORY = ("table5", "fig2a", "fig2b", "fig2c", "fig3", "fig5")

@@ -95,7 +95,7 @@ def test_small_scale_trainer_settings_per_task(tmp_path):
         s = spec("small/table2", f"task={task}", "method=lora_fa")
         assert s.trainer.eval_steps == eval_steps and s.trainer.group_by_length is True
     assert spec("small/table2", "task=glue/mrpc").data.max_train_samples == 3000
-    assert spec("small/table6", "init_a=all_one").data.max_train_samples == 1500  # the experiment's by_task wins
+    assert spec("small/table6", "init_a=all_one").data.max_train_samples == 2000  # the experiment's by_task wins
     mini = run_cli.to_spec(compose_experiment("mini/table2", f"results_dir={tmp_path}", "task=glue/sst2"))
     assert mini.trainer.group_by_length is False
 
