@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "experiments"))
 
@@ -23,7 +25,7 @@ def dry_sweep(tmp_path: Path, *overrides: str) -> list[dict]:
            f"results_dir={tmp_path}", f"hydra.sweep.dir={tmp_path / 'multirun'}"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "[dry-run] precision bf16" in proc.stdout  # the mapping is printed
+    assert "[dry-run] precision" in proc.stdout  # the mapping is printed
     return [json.loads(line) for line in index.read_text().splitlines()[before:]]
 
 
@@ -34,7 +36,11 @@ def test_dry_run_of_a_paper_glue_point_and_a_paper_translation_point(tmp_path):
     (glue,) = dry_sweep(tmp_path, "experiment=table2", "task=glue/rte", "method=lora_fa", "trainer.lr=5e-5", "seed=0")
     assert glue["status"] == "ok" and glue["model"] == "roberta-base" and glue["experiment"] == "table2"
     assert glue["config"]["dry_run"] is True and glue["options"]["dry_run"] is True
-    assert glue["config"]["trainer"]["precision"] == "bf16" and glue["config"]["trainer"]["max_steps"] == 1
+    from lorafa.dryrun import has_bf16_units
+
+    # the paper's bf16, as far as this CPU runs it (see the mapping's test below)
+    assert glue["config"]["trainer"]["precision"] == ("bf16" if has_bf16_units() else "fp32")
+    assert glue["config"]["trainer"]["max_steps"] == 1
     assert glue["options"]["steps_run"] == 1 and 0 <= glue["metrics"]["accuracy"] <= 1
     # RoBERTa-base at full size, from a from_pretrained directory of random weights
     arch = glue["config"]["model"]["arch"]
@@ -63,6 +69,18 @@ def test_dry_run_cuts_only_what_does_not_change_the_code_path():
     assert "rank=1" in reduced_overrides("fig6") and distinct_points("fig6") == 2
     # memory: every model x method x recomputation of Table 5; nf4 and ZeRO-3 have no GPU step
     assert distinct_points("table5") == 36 and "optimisation=none,flash_attention" in reduced_overrides("fig2a")
+
+
+@pytest.mark.parametrize("precision,bf16_units,expected,note", [
+    ("fp32", False, "fp32", None), ("bf16", True, "bf16", None), ("fp16", True, "bf16", "fp16 -> bf16"),
+    ("bf16", False, "fp32", "bf16 -> fp32"), ("fp16", False, "fp32", "fp16 -> fp32"),
+])
+def test_gpu_precisions_become_what_the_cpu_runs_and_say_so(precision, bf16_units, expected, note):
+    from lorafa.dryrun import cpu_precision
+
+    notes = []
+    assert cpu_precision(precision, notes, bf16_units=bf16_units) == expected
+    assert (notes == []) if note is None else (note in notes[0])
 
 
 def test_rehearsal_keeps_the_real_layer_shapes_of_a_7b_model(tmp_path, monkeypatch):
