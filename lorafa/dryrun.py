@@ -61,6 +61,8 @@ def rehearsal_spec(spec, root: str | Path):
     model, notes = rehearsal_weights(spec.model, root / "models")
     trainer, data = spec.trainer, spec.data
     precision = trainer.precision if torch.cuda.is_available() else cpu_precision(trainer.precision, notes)
+    if not torch.cuda.is_available():
+        model = dataclasses.replace(model, dtype=cpu_dtype(model.dtype, notes))
     notes.append(f"precision {precision}, model dtype {model.dtype}")
     trainer = dataclasses.replace(
         trainer, max_steps=1, batch_size=min(trainer.batch_size, TRAIN_BATCH), grad_accum=1,
@@ -89,6 +91,15 @@ def cpu_precision(precision: str, notes: list[str], bf16_units: bool | None = No
     if precision == "fp16":
         notes.append("precision fp16 -> bf16 (fp16 autocast needs CUDA)")
     return "bf16"
+
+
+def cpu_dtype(dtype: str, notes: list[str], bf16_units: bool | None = None) -> str:
+    """The weights' dtype a CPU computes in at a usable speed (16-bit base weights, as LLaMA's
+    are loaded, would run every matmul in emulated bf16 on a CPU without bf16 units)."""
+    if dtype not in ("bfloat16", "float16") or (has_bf16_units() if bf16_units is None else bf16_units):
+        return dtype
+    notes.append(f"model dtype {dtype} -> float32 (this CPU has no bf16 units)")
+    return "float32"
 
 
 def has_bf16_units() -> bool:
@@ -185,7 +196,11 @@ def rehearsal_point(point):
         if n_adapted is not None:
             n_adapted = max(1, round(n_adapted * CAUSAL_LAYERS / layers))
     short = lambda n: None if n is None else min(n, 64)  # noqa: E731
+    adapter_dtype = point.adapter_dtype
+    if not _has_gpu():  # the step's bf16 weights and activations (lorafa.memory.measure)
+        adapter_dtype = cpu_dtype(adapter_dtype, notes)
     rehearsal = dataclasses.replace(point, model=model, backend="cuda", batch_size=min(point.batch_size, 2),
+                                    adapter_dtype=adapter_dtype,
                                     seq_len=short(point.seq_len), target_len=short(point.target_len),
                                     num_adapted_layers=n_adapted, capacity_gb=None, dry_run=True)
     notes.append(f"backend cuda's step{'' if _has_gpu() else ' on the CPU (no GPU)'}, batch "

@@ -83,6 +83,18 @@ def test_gpu_precisions_become_what_the_cpu_runs_and_say_so(precision, bf16_unit
     assert (notes == []) if note is None else (note in notes[0])
 
 
+@pytest.mark.parametrize("dtype,bf16_units,expected", [
+    ("float32", False, "float32"), ("bfloat16", True, "bfloat16"), ("bfloat16", False, "float32"),
+    ("float16", False, "float32"),
+])
+def test_16_bit_weights_become_float32_on_a_cpu_without_bf16_units(dtype, bf16_units, expected):
+    from lorafa.dryrun import cpu_dtype
+
+    notes = []
+    assert cpu_dtype(dtype, notes, bf16_units=bf16_units) == expected
+    assert bool(notes) == (expected != dtype)
+
+
 def test_rehearsal_keeps_the_real_layer_shapes_of_a_7b_model(tmp_path, monkeypatch):
     from lorafa import dryrun
     from lorafa.models import load_model_spec

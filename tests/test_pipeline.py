@@ -104,9 +104,11 @@ def test_bf16_autocast_on_the_cpu(tmp_path):
     GPU run takes, which the dry run maps to fp32 on CPUs without bf16 units (lorafa.dryrun)."""
     extra = ["data.mmlu_subjects=[anatomy]", "data.mmlu_max_examples=4", "data.max_length=128"]
     full = run_tiny(tmp_path / "fp32", "alpaca", "tiny-llama", extra=extra)
-    half = run_tiny(tmp_path / "bf16", "alpaca", "tiny-llama", extra=[*extra, "trainer.precision=bf16"])
+    half = run_tiny(tmp_path / "bf16", "alpaca", "tiny-llama",
+                    extra=[*extra, "trainer.precision=bf16", "+model.dtype=bfloat16"])  # LLaMA's setting
     check_common(half, "alpaca", "lora_fa")
     assert half.config["trainer"]["precision"] == "bf16" and half.options["precision"] == "bf16"
+    assert half.options["model_dtype"] == "bfloat16"
     # the same run, computed in bf16: close to fp32's, not equal to it
     assert half.metrics["train_loss"] == pytest.approx(full.metrics["train_loss"], rel=0.05)
     assert half.metrics["train_loss"] != full.metrics["train_loss"]

@@ -81,11 +81,15 @@ def measure(point: MemoryPoint, block: int = 512, device: str = "cuda") -> Memor
 
         from lorafa.memory.cuda import cuda_step
 
+        dtype = "bfloat16"
         if not torch.cuda.is_available():
             if not point.dry_run:
                 raise RuntimeError("backend='cuda' needs a CUDA GPU; use backend='simulate' on this machine")
+            from lorafa.dryrun import cpu_dtype
+
             device = "cpu"  # the rehearsal of the GPU step: everything but the allocator's counters
-        net = prepare_model(point, device=device)
+            dtype = cpu_dtype(dtype, [])  # fp32 where the CPU would emulate bf16 (rehearsal_point says so)
+        net = prepare_model(point, dtype=dtype, device=device)
         step = cuda_step(net, make_batch, device=device)
     adapters = point.method != "full_ft"
     options = {"attn_implementation": point.attn_implementation, "gradient_checkpointing": point.gradient_checkpointing,
