@@ -114,6 +114,19 @@ def test_bf16_autocast_on_the_cpu(tmp_path):
     assert half.metrics["train_loss"] != full.metrics["train_loss"]
 
 
+def test_gradient_checkpointing_trains_the_adapters_exactly(tmp_path, recwarn):
+    """Table 4's setting: the frozen base's blocks recomputed in backward (transformers'
+    activation checkpointing, non-reentrant, so the adapters behind frozen embeddings still
+    get gradients): the same training as without it, and none of transformers' deprecation
+    warnings (its `gradient_checkpointing` argument goes in v6)."""
+    extra = ["data.mmlu_subjects=[anatomy]", "data.mmlu_max_examples=4", "data.max_length=128"]
+    plain = run_tiny(tmp_path / "plain", "alpaca", "tiny-llama", extra=extra)
+    recomputed = run_tiny(tmp_path / "ckpt", "alpaca", "tiny-llama", extra=[*extra, "trainer.gradient_checkpointing=true"])
+    assert recomputed.status == "ok" and recomputed.options["gradient_checkpointing"] is True
+    assert recomputed.metrics["train_loss"] == pytest.approx(plain.metrics["train_loss"], rel=1e-5)
+    assert not [w for w in recwarn if "gradient_checkpointing" in str(w.message)]
+
+
 @pytest.mark.parametrize("model", ["tiny-roberta", "minilm-l6"])
 def test_prompt_tuning_method(tmp_path, model):
     rec = run_tiny(tmp_path, "glue/rte", model, method="prompt_tuning")
