@@ -14,15 +14,18 @@ method x optimisation (batch sizes, ranks and adapted-layer counts cut to their 
 nf4 and ZeRO-3 are simulated only, so they have no GPU step to rehearse). lorafa/dryrun.py
 says what changes. Records go to results/dry-run/ (never read by the analysis); each sweep's
 output to results/dry-run/logs/NAME.log. Ends with a table: point, status, seconds, written
-to results/dry-run/summary.csv; exits 1 if a point failed for any reason other than data
-that is unavailable offline.
+to results/dry-run/summary.csv (the wall time and the machine to timing.json); exits 1 if a
+point failed for any reason other than data that is unavailable offline.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import datetime as dt
+import json
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -34,7 +37,7 @@ from tqdm import tqdm
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "experiments"))
 
-from demo import sweep_jobs  # noqa: E402
+from demo import cpu_model, sweep_jobs  # noqa: E402
 
 TRAINING = ("table2", "table2_large", "table3", "table3_base", "table3_large", "table4_base", "table4",
             "table6", "table7", "fig4", "fig6")
@@ -159,6 +162,10 @@ def main(argv=None) -> int:
     counts = {s: sum(r["status"] == s for r in rows) for s in dict.fromkeys(r["status"] for r in rows)}
     print(f"\n[dry-run] {len(rows)} of {total} points recorded: {counts}; wall {wall / 60:.1f} min; "
           f"-> {root / 'summary.csv'} (logs: {root / 'logs'})")
+    timing = {"wall_s": round(wall, 1), "experiments": list(experiments), "points": total, **counts,
+              "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+              "machine": {"cpus": os.cpu_count(), "cpu": cpu_model(), "platform": platform.platform()}}
+    (root / "timing.json").write_text(json.dumps(timing, indent=2) + "\n")
     if len(rows) < total:
         print(f"[dry-run] {total - len(rows)} point(s) left no record: see the logs", file=sys.stderr)
     return 1 if bad or len(rows) < total else 0
