@@ -4,6 +4,7 @@
 #   make small                the GLUE experiments on a real pretrained encoder (CPU, offline, hours)
 #   make table2 [SCALE=mini|small]  run the missing runs of Table 2's sweep, then build the table
 #   make tables / figures     rebuild every table / figure from results/$(SCALE) (no training)
+#   make dry-run              every paper experiment rehearsed: real architectures, random weights, one step
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -15,11 +16,11 @@ RUN := $(PY) experiments/run.py -m
 MEMORY := $(PY) experiments/memory.py -m backend=$(if $(filter mini,$(SCALE)),simulate,$(or $(BACKEND),simulate))
 RESULTS := $(or $(LORAFA_RESULTS_DIR),results)/$(SCALE)
 
-.PHONY: help venv test demo small small-lr-search bench-layer base-models tables figures clean-venv \
+.PHONY: help venv test demo small small-lr-search dry-run bench-layer base-models tables figures clean-venv \
         table2 table3 table4 table5 table6 table7 fig2 fig3 fig4 fig5 fig6
 
 help:
-	@sed -n '2,6p' Makefile
+	@sed -n '2,7p' Makefile
 
 # lorafa is installed editable, so scripts import it from anywhere without touching sys.path;
 # its build backend is the venv's own setuptools (torch requires one), so nothing is downloaded.
@@ -40,6 +41,11 @@ demo: venv
 
 small: venv
 	HF_HUB_OFFLINE=1 WANDB_MODE=offline $(PY) experiments/demo.py --scale small
+
+# The paper-scale path rehearsed without a GPU or the hub (experiments/dry_run.py): each distinct
+# model x task x method point of every paper experiment, one step; results/dry-run/summary.csv.
+dry-run: venv
+	HF_HUB_OFFLINE=1 WANDB_MODE=offline $(PY) experiments/dry_run.py $(if $(ONLY),--only $(ONLY),)
 
 # Optional, not part of `make small`: more learning rates per method on SST-2 and MRPC. Their
 # runs are Table 2 runs (same experiment), so Table 2 then reports the best rate per cell.

@@ -28,8 +28,11 @@ def scale_dir(scale: str, root: str | Path | None = None) -> Path:
 
 
 def load(scale: str, root: str | Path | None = None) -> pd.DataFrame:
-    """The records of results/<scale>/runs.jsonl (empty frame if there are none)."""
-    return load_records(scale_dir(scale, root))
+    """The records of results/<scale>/runs.jsonl (empty frame if there are none), without
+    dry runs (make dry-run), wherever they were written."""
+    records = load_records(scale_dir(scale, root))
+    dry = [isinstance(c, dict) and bool(c.get("dry_run")) for c in records["config"]]
+    return records[[not d for d in dry]].reset_index(drop=True) if any(dry) else records
 
 
 def record_dicts(records) -> list[dict]:

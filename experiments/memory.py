@@ -4,6 +4,7 @@
     python experiments/memory.py -m experiment=table5 backend=simulate      # one sweep
     python experiments/memory.py -m experiment=table5,fig2a,fig2b,fig2c,fig3,fig5   # all of them
     python experiments/memory.py -m experiment=fig5 backend=cuda            # measured on a GPU
+    python experiments/memory.py -m experiment=fig5 dry_run=true            # its rehearsal (make dry-run)
     python experiments/memory.py --table [table5 fig3 ...]   # print the records as tables
     python experiments/memory.py --report                    # results/paper/memory/*.md, *.csv
 
@@ -86,6 +87,16 @@ def main(cfg: DictConfig) -> None:
                     f"{', '.join(cfg.get('per_model') or {})} (or give all four on the command line)")
         print(f"[lorafa] config error: {msg}", file=sys.stderr)
         raise SystemExit(2) from None
+    if point.dry_run:  # make dry-run: the GPU meter's step, rehearsed (lorafa.dryrun)
+        from lorafa.dryrun import rehearsal_point
+
+        try:
+            point, notes = rehearsal_point(point)
+        except ValueError as err:
+            print(f"[dry-run] skipped: {err}", flush=True)
+            return
+        root = Path(cfg.results_dir) if cfg.results_dir else results_dir() / "dry-run"
+        print("[dry-run] " + "\n[dry-run] ".join(notes), flush=True)
     try:
         record, reused = run_point(point, root, force=force)
     except ValueError as err:  # an invalid combination only measure_peak_memory can see

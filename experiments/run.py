@@ -2,6 +2,7 @@
 
     python experiments/run.py task=glue/mrpc method=lora_fa scale=mini logger=none
     python experiments/run.py -m experiment=table7
+    python experiments/run.py -m experiment=table2 dry_run=true    # rehearsal: random weights, one step (make dry-run)
 
 The whole config is validated and turned into plain lorafa objects before any model is
 built; the library never sees Hydra.
@@ -62,6 +63,16 @@ def to_spec(cfg: DictConfig) -> RunSpec:
     )
 
 
+def rehearse(spec: RunSpec, cfg: DictConfig) -> RunSpec:
+    """dry_run=true: the same run with random weights, one step, under results/dry-run
+    (lorafa.dryrun says what changes and why)."""
+    from lorafa.dryrun import rehearsal_spec
+
+    spec, notes = rehearsal_spec(spec, cfg.results_dir or results_dir() / "dry-run")
+    print("[dry-run] " + "\n[dry-run] ".join(notes), flush=True)
+    return spec
+
+
 def _export_slurm_ranks() -> None:
     """hydra/launcher=slurm with several GPUs starts one task per GPU: give torch its RANK,
     WORLD_SIZE, LOCAL_RANK and MASTER_ADDR/PORT from SLURM (torchrun/accelerate set their own)."""
@@ -79,6 +90,8 @@ def _export_slurm_ranks() -> None:
 def main(cfg: DictConfig) -> None:
     try:
         spec = to_spec(cfg)
+        if cfg.dry_run:
+            spec = rehearse(spec, cfg)
     except ValueError as err:
         print(f"[lorafa] config error: {err}", file=sys.stderr)
         raise SystemExit(2) from None

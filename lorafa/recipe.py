@@ -180,6 +180,8 @@ def _describe(spec: RunSpec, world_size: int) -> dict[str, Any]:
                "gradient_checkpointing": spec.trainer.gradient_checkpointing}
     if world_size > 1:
         options["world_size"] = world_size
+    if spec.dry_run:
+        options["dry_run"] = True
     return dict(experiment=spec.experiment, scale=spec.scale, model=spec.model.name, task=spec.task,
                 method=spec.method.name, r=adapter.r if adapter else None, alpha=adapter.alpha if adapter else None,
                 lr=spec.trainer.lr, init_a=adapter.init_a if adapter else None, seed=spec.trainer.seed,

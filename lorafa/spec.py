@@ -66,6 +66,7 @@ class RunSpec:
     experiment: the record's experiment name (table2, fig4, ...: what the analysis selects).
     scale: paper | mini | ...; results_root: where records go (results/<scale>).
     logger: none | wandb; wandb_project: W&B's project.
+    dry_run: a rehearsal of this configuration (lorafa.dryrun): random weights, one step.
     """
 
     model: ModelSpec
@@ -78,8 +79,10 @@ class RunSpec:
     results_root: str = str(REPO_ROOT / "results" / "paper")
     logger: str = "none"
     wandb_project: str = "lorafa"
+    dry_run: bool = False
 
     def __post_init__(self) -> None:
+        require_type("dry_run", self.dry_run, (bool,))
         for name in ("task", "experiment", "scale", "results_root", "wandb_project"):
             require_type(name, getattr(self, name), (str,))
         require_choice("logger", self.logger, LOGGERS)
@@ -118,6 +121,8 @@ class RunSpec:
         for key, default in LATER_TRAINER_FIELDS.items():
             if d["trainer"][key] == default:
                 d["trainer"].pop(key)
+        if not self.dry_run:
+            d.pop("dry_run")
         return d
 
     def run_id(self, digest: str) -> str:

@@ -230,7 +230,7 @@ def training_arguments(settings: TrainSettings, output_dir: str, run_name: str, 
         gradient_accumulation_steps=settings.grad_accum, warmup_steps=settings.warmup_ratio,  # < 1: a ratio
         weight_decay=settings.weight_decay, lr_scheduler_type=settings.lr_scheduler,
         max_grad_norm=settings.max_grad_norm, bf16=settings.precision == "bf16",
-        fp16=settings.precision == "fp16", gradient_checkpointing=settings.gradient_checkpointing,
+        fp16=settings.precision == "fp16", activation_checkpointing=settings.gradient_checkpointing,
         logging_steps=settings.logging_steps, logging_nan_inf_filter=False,
         eval_strategy="steps" if (has_eval and settings.eval_steps) else "no",
         eval_steps=settings.eval_steps if has_eval else None,

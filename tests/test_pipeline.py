@@ -99,6 +99,34 @@ def test_instruction_tuning_then_mmlu(tmp_path):
         (rec.metrics["mmlu/anatomy"] + rec.metrics["mmlu/astronomy"]) / 2)  # 4 questions each
 
 
+def test_bf16_autocast_on_the_cpu(tmp_path):
+    """The paper's precision (bf16) through Trainer's CPU autocast, on a tiny model: the path a
+    GPU run takes, which the dry run maps to fp32 on CPUs without bf16 units (lorafa.dryrun)."""
+    extra = ["data.mmlu_subjects=[anatomy]", "data.mmlu_max_examples=4", "data.max_length=128"]
+    full = run_tiny(tmp_path / "fp32", "alpaca", "tiny-llama", extra=extra)
+    half = run_tiny(tmp_path / "bf16", "alpaca", "tiny-llama",
+                    extra=[*extra, "trainer.precision=bf16", "+model.dtype=bfloat16"])  # LLaMA's setting
+    check_common(half, "alpaca", "lora_fa")
+    assert half.config["trainer"]["precision"] == "bf16" and half.options["precision"] == "bf16"
+    assert half.options["model_dtype"] == "bfloat16"
+    # the same run, computed in bf16: close to fp32's, not equal to it
+    assert half.metrics["train_loss"] == pytest.approx(full.metrics["train_loss"], rel=0.05)
+    assert half.metrics["train_loss"] != full.metrics["train_loss"]
+
+
+def test_gradient_checkpointing_trains_the_adapters_exactly(tmp_path, recwarn):
+    """Table 4's setting: the frozen base's blocks recomputed in backward (transformers'
+    activation checkpointing, non-reentrant, so the adapters behind frozen embeddings still
+    get gradients): the same training as without it, and none of transformers' deprecation
+    warnings (its `gradient_checkpointing` argument goes in v6)."""
+    extra = ["data.mmlu_subjects=[anatomy]", "data.mmlu_max_examples=4", "data.max_length=128"]
+    plain = run_tiny(tmp_path / "plain", "alpaca", "tiny-llama", extra=extra)
+    recomputed = run_tiny(tmp_path / "ckpt", "alpaca", "tiny-llama", extra=[*extra, "trainer.gradient_checkpointing=true"])
+    assert recomputed.status == "ok" and recomputed.options["gradient_checkpointing"] is True
+    assert recomputed.metrics["train_loss"] == pytest.approx(plain.metrics["train_loss"], rel=1e-5)
+    assert not [w for w in recwarn if "gradient_checkpointing" in str(w.message)]
+
+
 @pytest.mark.parametrize("model", ["tiny-roberta", "minilm-l6"])
 def test_prompt_tuning_method(tmp_path, model):
     rec = run_tiny(tmp_path, "glue/rte", model, method="prompt_tuning")

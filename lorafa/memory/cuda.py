@@ -4,6 +4,10 @@ The same step as the simulator (setup.prepare_model, setup.batch_maker, MixedPre
 randomly initialised (memory does not depend on weight values). One warm-up step first, so
 the measured step is the steady state; then torch.cuda.reset_peak_memory_stats and
 max_memory_allocated around the second, whose wall time (CUDA-synchronised) is step_time_s.
+
+On a CPU device (the dry run of this meter, make dry-run) the same step runs with no allocator
+to read: the peak reported is the sum of the accounted parts (weights, states, gradients, the
+tensors saved for backward).
 """
 
 from __future__ import annotations
@@ -19,13 +23,17 @@ from lorafa.memory.simulate import StepMemory
 
 def cuda_step(model, make_batch, *, loss_fn=lambda out: out.loss, device: str = "cuda") -> StepMemory:
     """Measure one training step of `model` (already on `device`, adapters injected)."""
-    if not torch.cuda.is_available():
+    on_gpu = torch.device(device).type == "cuda"
+    if on_gpu and not torch.cuda.is_available():
         raise RuntimeError("backend='cuda' needs a CUDA GPU; use backend='simulate' on this machine")
+    sync = (lambda: torch.cuda.synchronize(device)) if on_gpu else (lambda: None)
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = MixedPrecisionAdamW(trainable)
     model.train()
-    torch.cuda.synchronize(device)
-    weights = torch.cuda.memory_allocated(device)  # before the states: parameters and buffers only
+    sync()
+    # before the states: parameters and buffers only
+    weights = torch.cuda.memory_allocated(device) if on_gpu else sum(
+        t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
 
     def step(record_saved: bool) -> int:
         saved = WeakIdKeyDictionary()
@@ -48,15 +56,16 @@ def cuda_step(model, make_batch, *, loss_fn=lambda out: out.loss, device: str = 
         return nbytes
 
     step(False)
-    torch.cuda.synchronize(device)
-    torch.cuda.reset_peak_memory_stats(device)
+    sync()
+    if on_gpu:
+        torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
     activation_bytes = step(True)
-    torch.cuda.synchronize(device)
+    sync()
     step_time_s = time.perf_counter() - start
-    peak = torch.cuda.max_memory_allocated(device)
     states = sum(t.numel() * t.element_size() for t in opt.state_tensors())
     grads = sum(p.grad.numel() * p.grad.element_size() for p in trainable if p.grad is not None)
+    peak = torch.cuda.max_memory_allocated(device) if on_gpu else weights + states + grads + activation_bytes
     # The peak's composition is not observable on a GPU; gradients and activations at the
     # peak are bounded by their totals, and the rest is reported as "other".
     breakdown = {"weights": weights, "optimizer_states": states, "gradients": grads,

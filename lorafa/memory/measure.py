@@ -41,6 +41,7 @@ class MemoryResult:
     status: str = "ok"
     persistent: dict = field(default_factory=dict)
     step_time_s: float | None = None  # the measured step's wall time (backend "cuda" only)
+    memory_source: str = "simulated"  # simulated | cuda | cpu-accounting (a dry run of backend cuda on a CPU)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -48,8 +49,7 @@ class MemoryResult:
     def record_fields(self) -> dict:
         """The run record's result fields (lorafa.results.RunRecord) of this measurement."""
         return dict(status=self.status, peak_memory_bytes=self.peak_bytes,
-                    memory_source="simulated" if self.backend == "simulate" else "cuda",
-                    activation_bytes=self.activation_bytes,
+                    memory_source=self.memory_source, activation_bytes=self.activation_bytes,
                     memory_breakdown={k: int(self.breakdown.get(k, 0)) for k in CATEGORIES},
                     options=dict(self.options), step_time_s=self.step_time_s,
                     tokens_per_s=self.batch_size * self.seq_len / self.step_time_s if self.step_time_s else None)
@@ -81,9 +81,15 @@ def measure(point: MemoryPoint, block: int = 512, device: str = "cuda") -> Memor
 
         from lorafa.memory.cuda import cuda_step
 
+        dtype = "bfloat16"
         if not torch.cuda.is_available():
-            raise RuntimeError("backend='cuda' needs a CUDA GPU; use backend='simulate' on this machine")
-        net = prepare_model(point, device=device)
+            if not point.dry_run:
+                raise RuntimeError("backend='cuda' needs a CUDA GPU; use backend='simulate' on this machine")
+            from lorafa.dryrun import cpu_dtype
+
+            device = "cpu"  # the rehearsal of the GPU step: everything but the allocator's counters
+            dtype = cpu_dtype(dtype, [])  # fp32 where the CPU would emulate bf16 (rehearsal_point says so)
+        net = prepare_model(point, dtype=dtype, device=device)
         step = cuda_step(net, make_batch, device=device)
     adapters = point.method != "full_ft"
     options = {"attn_implementation": point.attn_implementation, "gradient_checkpointing": point.gradient_checkpointing,
@@ -91,14 +97,16 @@ def measure(point: MemoryPoint, block: int = 512, device: str = "cuda") -> Memor
                "num_adapted_layers": adapted_layer_count(net), "dropout": point.dropout,
                "adapter_dtype": point.adapter_dtype if adapters else None,
                "target_modules": point.config()["target_modules"], "target_len": point.target_len,
-               "backend": point.backend}
+               "backend": point.backend, **({"dry_run": True} if point.dry_run else {})}
     capacity = point.capacity_bytes
+    source = "simulated" if point.backend == "simulate" else "cuda" if device != "cpu" else "cpu-accounting"
     return MemoryResult(model=point.model.name, method=point.method, batch_size=point.batch_size,
                         seq_len=point.seq_len, peak_bytes=step.peak_bytes, breakdown=step.peak_breakdown,
                         activation_bytes=step.activation_bytes, options=options,
                         r=point.r if adapters else None, alpha=point.lora_alpha if adapters else None,
                         backend=point.backend, status="oom" if capacity is not None and step.peak_bytes > capacity
-                        else "ok", persistent=step.persistent, step_time_s=getattr(step, "step_time_s", None))
+                        else "ok", persistent=step.persistent, step_time_s=getattr(step, "step_time_s", None),
+                        memory_source=source)
 
 
 def run_point(point: MemoryPoint, root: str | os.PathLike, force: bool = False):
@@ -113,7 +121,8 @@ def run_point(point: MemoryPoint, root: str | os.PathLike, force: bool = False):
                     options={"attn_implementation": point.attn_implementation, "backend": point.backend,
                              "dropout": point.dropout, "num_adapted_layers": point.num_adapted_layers,
                              "gradient_checkpointing": point.gradient_checkpointing,
-                             "selective_recompute": point.selective_recompute})
+                             "selective_recompute": point.selective_recompute,
+                             **({"dry_run": True} if point.dry_run else {})})
     config = point.config()
     return run_once(Path(root), config, point.run_id(config_hash(config)), describe,
                     lambda: measure(point).record_fields(), reuse=("ok", "oom"), force=force)
@@ -124,4 +133,4 @@ def _device(point: MemoryPoint) -> str:
         return device_name(simulated=True)
     import torch
 
-    return device_name() if torch.cuda.is_available() else "cuda (unavailable)"
+    return device_name() if torch.cuda.is_available() or point.dry_run else "cuda (unavailable)"

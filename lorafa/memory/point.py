@@ -47,6 +47,8 @@ class MemoryPoint:
     quantization: None | nf4 (QLoRA); zero_shards: > 1 shards the frozen base (ZeRO-3).
     capacity_gb: status "oom" above this many 10^9 bytes (None: never).
     experiment, scale: the record's experiment name and results folder.
+    dry_run: a rehearsal of the point (lorafa.dryrun.rehearsal_point, make dry-run): backend
+        cuda runs the same step on the CPU when there is no GPU.
     """
 
     model: ModelSpec
@@ -69,6 +71,7 @@ class MemoryPoint:
     capacity_gb: float | None = 80
     experiment: str = "memory"
     scale: str = "paper"
+    dry_run: bool = False
 
     @classmethod
     def from_dict(cls, values: dict, **override) -> MemoryPoint:
@@ -86,7 +89,7 @@ class MemoryPoint:
             require_choice(name, getattr(self, name), allowed)
         for name in ("batch_size", "seq_len", "r", "zero_shards"):
             require_int(name, getattr(self, name))
-        for name in ("gradient_checkpointing", "selective_recompute"):
+        for name in ("gradient_checkpointing", "selective_recompute", "dry_run"):
             require(isinstance(getattr(self, name), bool), name, getattr(self, name), "true or false")
         for name in ("num_adapted_layers", "target_len"):
             require_int(name, getattr(self, name), allow_none=True)
@@ -129,7 +132,9 @@ class MemoryPoint:
                 "zero_shards": self.zero_shards, "target_len": self.target_len,
                 "capacity_bytes": self.capacity_bytes,
                 # added later: in the hash only when on, so the records made before it keep theirs
-                **({"selective_recompute": True} if self.selective_recompute else {})}
+                **({"selective_recompute": True} if self.selective_recompute else {}),
+                # a rehearsal's model is cut (lorafa.dryrun): its architecture is part of what it measured
+                **({"dry_run": True, "arch": dict(self.model.arch)} if self.dry_run else {})}
 
     def run_id(self, digest: str) -> str:
         parts = (self.experiment.replace("/", "_"), self.model.name, self.method, f"b{self.batch_size}",
