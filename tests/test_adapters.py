@@ -55,6 +55,28 @@ def test_lora_fa_gradients_match_plain_autograd(dropout, dtype, tol):
     assert layer.base_layer.weight.grad is None
 
 
+def test_lora_dropout_on_the_cpu_is_the_same_mask_as_lora_fas():
+    """Plain LoRA on a CPU draws its dropout mask as LoRA-FA does (keep_mask, 1/keep folded into
+    the scalar): the same output and gradients as an explicit mask, A trained too."""
+    layer = make_layer(method="lora", dropout=0.1)
+    x = torch.randn(3, 7, 24, dtype=torch.float64, requires_grad=True)
+    torch.manual_seed(123)
+    y = layer(x)
+    grad_out = torch.randn_like(y)
+    y.backward(grad_out)
+
+    torch.manual_seed(123)
+    mask = keep_mask(x.shape, effective_keep(0.1), x.device, draw_seed()).to(x.dtype)
+    x_ref, a_ref, b_ref = (t.detach().clone().requires_grad_(True) for t in (x, layer.lora_A.weight, layer.lora_B.weight))
+    h = x_ref * mask / effective_keep(0.1)
+    y_ref = layer.base_layer(x_ref) + (h @ a_ref.t() @ b_ref.t()) * layer.scaling
+    y_ref.backward(grad_out)
+    assert 0 < int(mask.sum()) < mask.numel()  # some inputs dropped, not all
+    for got, want in ((y, y_ref), (x.grad, x_ref.grad), (layer.lora_A.weight.grad, a_ref.grad),
+                      (layer.lora_B.weight.grad, b_ref.grad)):
+        torch.testing.assert_close(got, want, atol=1e-12, rtol=1e-12)
+
+
 @pytest.mark.parametrize("dropout", [0.0, 0.1])
 @pytest.mark.parametrize("autocast", [False, True])
 def test_fused_linear_path_equals_the_general_path(dropout, autocast):
