@@ -254,7 +254,7 @@ def test_length_grouping_reorders_batches_not_results(tmp_path):
                                      "trainer.group_by_length=true", "data.max_eval_samples=40",
                                      "trainer.eval_batch_size=8"])
     plain, _ = spec_for(tmp_path, ["task=glue/mrpc", "model=tiny-roberta", *TINY["tiny-roberta"], *FAST,
-                                   "data.max_eval_samples=40"])
+                                   "data.max_eval_samples=40", "trainer.group_by_length=false"])
     assert grouped.config()["trainer"]["group_by_length"] is True and "group_by_length" not in plain.config()["trainer"]
     assert config_hash(grouped.config()) != config_hash(plain.config())
 
