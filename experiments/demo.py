@@ -121,8 +121,9 @@ def run_training_sweeps(results_root: Path, background: subprocess.Popen | None 
             continue
         try:
             share_cores(background)
-            run_one(spec)
-            counts["trained"] += 1
+            record = run_one(spec)
+            # a configuration another sweep already ran is not trained again (lorafa.runner)
+            counts["skipped" if record.options.get("same_run_as") else "trained"] += 1
         except RunInterrupted as stop:  # SIGTERM during a training: it checkpointed; the suite stops here
             raise SystemExit(EXIT_PREEMPTED) from stop
         except FileNotFoundError as err:  # MNLI and QQP: not in ../shared/data, no hub here
