@@ -19,9 +19,11 @@ world size joins the configuration (the global batch differs).
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,7 @@ from lorafa import training
 
 EXIT_PREEMPTED = 143  # 128 + SIGTERM: a run stopped by SIGTERM after checkpointing (no record written)
 MIN_FREE_BYTES = 64 * 2**20  # records, logs and the smallest checkpoints
+EARLIER_WALL = "wall_s_before_resume.json"  # beside the checkpoints: the time of interrupted segments
 
 
 class FinetuneRecipe:
@@ -48,6 +51,7 @@ class FinetuneRecipe:
         self.work_dir = work_dir  # the Trainer's output_dir: checkpoints, kept until the record is written
         self.tokenizer = self.prepared = self.model = self.trainer = self.monitors = None
         self.train_result, self.metrics, self.resumed_from = None, {}, None
+        self.started = time.perf_counter()
 
     def setup_data(self) -> None:
         """Data before the model: a malformed row (reported with its file and line) fails first."""
@@ -88,7 +92,22 @@ class FinetuneRecipe:
         if resume is not None:
             print(f"[lorafa] resuming {run_name} from {resume}", flush=True)
         self.resumed_from = training.checkpoint_step(resume)
-        self.train_result = training.train(self.trainer, self.monitors, resume, handle_sigterm=True)
+        try:
+            self.train_result = training.train(self.trainer, self.monitors, resume, handle_sigterm=True)
+        except training.TrainingInterrupted:
+            # The record's wall_s counts every segment of a run, so the time spent before a
+            # preemption is kept beside the checkpoint it resumes from.
+            if training.world()[0] == 0:
+                _write_json(self.work_dir / EARLIER_WALL, {"wall_s": self._earlier_wall_s() + self._elapsed()})
+            raise
+
+    def _elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def _earlier_wall_s(self) -> float:
+        """Seconds this run trained before the segments that were interrupted (0 for a fresh run)."""
+        path = self.work_dir / EARLIER_WALL
+        return json.loads(path.read_text())["wall_s"] if path.exists() else 0.0
 
     def evaluate(self) -> None:
         if self.monitors is not None and self.monitors.guard.diverged_at is not None:
@@ -116,7 +135,8 @@ class FinetuneRecipe:
                       tokens_per_s=tokens / runtime if runtime and tokens else None,
                       options={"steps_run": len(m.timer.times)}, **self._memory())
         if self.resumed_from is not None:
-            fields["options"]["resumed_from_step"] = self.resumed_from
+            fields["options"].update(resumed_from_step=self.resumed_from,
+                                     wall_s_before_resume=round(self._earlier_wall_s(), 3))
         return fields
 
     def _memory(self) -> dict[str, Any]:
@@ -208,6 +228,12 @@ def _clean_checkpoints(work: Path) -> None:
         work.parent.rmdir()  # only when no other run has checkpoints there
     except OSError:
         pass
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
 
 
 def _check_writable(root: Path) -> None:

@@ -12,7 +12,9 @@
 3. Out of memory is a result (status "oom"); any other exception leaves a "failed" record
    (the tables say why a cell is empty, and a rerun retries it) and propagates. A
    `RunInterrupted` (SIGTERM after a checkpoint) leaves no record: the run is unfinished.
-4. The record carries its provenance (config, versions, git, device, times) and is written
+4. `wall_s` is the run's whole wall time: a run resumed after a preemption adds the time of its
+   earlier segments (`options.wall_s_before_resume`, kept beside its checkpoint by the recipe).
+5. The record carries its provenance (config, versions, git, device, times) and is written
    atomically (lorafa.results.write_record).
 """
 
@@ -69,7 +71,8 @@ def run_once(root: str | os.PathLike, config: dict[str, Any], run_id: str, descr
     def finish(**result) -> RunRecord:
         """The record: what was known beforehand, updated by what the run found."""
         options = {**common.get("options", {}), **result.get("options", {})}
-        record = RunRecord(**{**common, **result, "options": options}, wall_s=round(time.perf_counter() - t0, 3),
+        wall_s = time.perf_counter() - t0 + options.get("wall_s_before_resume", 0.0)  # every segment of a resumed run
+        record = RunRecord(**{**common, **result, "options": options}, wall_s=round(wall_s, 3),
                            finished_at=utc_now())
         if write:
             write_record(record, root)

@@ -41,6 +41,8 @@ def test_sigterm_checkpoints_and_the_rerun_resumes_from_it(tmp_path):
     # stops at the step end after the signal (step 4: the SIGTERM arrived after step 3's check)
     assert stop.value.step == 4 and Path(stop.value.checkpoint).name == "checkpoint-4"
     assert not (tmp_path / "runs.jsonl").exists() and not (tmp_path / "runs").exists()  # no record at all
+    earlier = json.loads((Path(stop.value.checkpoint).parent / experiment.EARLIER_WALL).read_text())["wall_s"]
+    assert earlier > 0
     saved = {p.name for p in Path(stop.value.checkpoint).iterdir()}
     assert {"model.safetensors", "optimizer.pt", "scheduler.pt", "trainer_state.json"} <= saved
     from safetensors import safe_open
@@ -50,6 +52,8 @@ def test_sigterm_checkpoints_and_the_rerun_resumes_from_it(tmp_path):
     resumed = experiment.run(spec)
     assert resumed.status == "ok"
     assert resumed.options["resumed_from_step"] == 4 and resumed.options["steps_run"] == 4  # not 8 again
+    assert resumed.options["wall_s_before_resume"] == pytest.approx(earlier, abs=1e-3)
+    assert resumed.wall_s > earlier  # both segments
     assert not (tmp_path / "checkpoints").exists()  # deleted once the record is written
 
     # the resumed run ends where an uninterrupted one does
