@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import pytest
 import torch
 from torch import nn
@@ -99,3 +102,9 @@ def test_report_releases_the_graph_and_leaves_no_hooks():
     second = activation_report(model, input_ids=ids)
     assert first.total_bytes == second.total_bytes > 0
     assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+    # Nothing of the call outlives it: the graph (and with it the model, through the hooks'
+    # closure) was kept alive by a cycle gc cannot see, 0.4 GB per run of a MiniLM sweep.
+    alive = weakref.ref(model)
+    del model
+    gc.collect()
+    assert alive() is None
