@@ -31,6 +31,7 @@ from config_groups import check_group_choices
 
 CONF = ROOT / "conf"
 OmegaConf.register_new_resolver("mul", lambda a, b: a * b, replace=True)
+OmegaConf.register_new_resolver("coalesce", lambda value, default: default if value is None else value, replace=True)
 GROUPS = ("task", "method", "model", "trainer", "logger", "scale", "experiment")
 
 

@@ -51,11 +51,25 @@ def test_table7_and_fig6_grids():
     assert grid["rank"] == ["1", "2", "4", "8", "16", "32", "64", "128"] and set(grid["method"]) == {"lora", "lora_fa"}
 
 
-def test_alpha_follows_rank_unless_swept():
-    cfg = compose_experiment("fig6", "rank=16", "method=lora_fa")
-    assert cfg.method.adapter.r == 16 and cfg.method.adapter.alpha == 64
-    cfg = compose_experiment("table7", "lora_alpha=2")
-    assert cfg.method.adapter.r == 8 and cfg.method.adapter.alpha == 2
+@pytest.mark.parametrize("method,rank,alpha", [("lora", 8, 8), ("lora", 32, 8), ("lora_qv", 8, 8),
+                                               ("lora_fa", 8, 32), ("lora_fa", 16, 64), ("lora_fa_corrected", 8, 32)])
+def test_each_method_has_its_own_alpha(method, rank, alpha):
+    # LoRA: the paper's default alpha 8; LoRA-FA: 4r (scaling 4, its Table 7's best)
+    cfg = compose_experiment("table2", f"method={method}", f"rank={rank}")
+    assert cfg.method.adapter.r == rank and cfg.method.adapter.alpha == alpha
+
+
+@pytest.mark.parametrize("experiment", ["fig6", "mini/fig6", "small/fig6"])
+def test_fig6_gives_both_methods_scaling_4_at_every_rank(experiment):
+    for method in ("lora", "lora_fa"):
+        cfg = compose_experiment(experiment, "rank=16", f"method={method}")
+        assert cfg.method.adapter.r == 16 and cfg.method.adapter.alpha == 64
+
+
+def test_a_set_alpha_wins_over_the_methods_own():
+    for method in ("lora", "lora_fa"):
+        cfg = compose_experiment("table7", "lora_alpha=2", f"method={method}")
+        assert cfg.method.adapter.r == 8 and cfg.method.adapter.alpha == 2
 
 
 @pytest.mark.parametrize("name", ["mini/table6", "mini/table7", "mini/fig6"])
@@ -94,7 +108,7 @@ def test_small_scale_trainer_settings_per_task(tmp_path):
     for task, eval_steps in (("glue/sst2", 50), ("glue/cola", 50), ("glue/mrpc", None), ("glue/qnli", None)):
         s = spec("small/table2", f"task={task}", "method=lora_fa")
         assert s.trainer.eval_steps == eval_steps and s.trainer.group_by_length is True
-    assert spec("small/table2", "task=glue/mrpc").data.max_train_samples == 3000
+    assert spec("small/table2", "task=glue/mrpc").data.max_train_samples is None  # all of MRPC
     assert spec("small/table6", "init_a=all_one").data.max_train_samples == 2000  # the experiment's by_task wins
     mini = run_cli.to_spec(compose_experiment("mini/table2", f"results_dir={tmp_path}", "task=glue/sst2"))
     assert mini.trainer.group_by_length is True  # the mini scale batches by length too
