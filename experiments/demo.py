@@ -218,8 +218,9 @@ def summary(results_root: Path, wall_s: float, counts: dict, scale: str = "mini"
               **counts}
     path = results_root / TIMING_FILES[scale]  # every run of the suite is kept: a fresh one and the reruns
     path.parent.mkdir(parents=True, exist_ok=True)
-    history = json.loads(path.read_text()).get("runs", []) if path.is_file() else []
-    path.write_text(json.dumps({"runs": history + [timing]}, indent=2) + "\n")
+    kept = json.loads(path.read_text()) if path.is_file() else {}  # notes beside "runs" (suite_wall_s) stay
+    kept["runs"] = kept.get("runs", []) + [timing]
+    path.write_text(json.dumps(kept, indent=2) + "\n")
     return timing
 
 

@@ -62,3 +62,13 @@ def test_an_interrupted_suite_keeps_the_timing_of_its_part(tmp_path, monkeypatch
     runs = json.loads((tmp_path / "small" / "timing.json").read_text())["runs"]
     assert len(runs) == 1 and runs[0]["interrupted"] is True and runs[0]["trained"] == 2 and runs[0]["jobs"] == 5
     assert runs[0]["machine"]["cpus"] == os.cpu_count()
+
+
+def test_a_new_timing_keeps_the_files_history_and_notes(tmp_path):
+    import json
+
+    path = tmp_path / "timing.json"
+    path.write_text(json.dumps({"runs": [{"wall_s": 1.0}], "suite_wall_s": {"value": 9.0, "how": "by hand"}}))
+    demo.summary(tmp_path, 2.0, {"jobs": 1, "trained": 1, "skipped": 0, "failed": 0}, scale="small")
+    kept = json.loads(path.read_text())
+    assert [r["wall_s"] for r in kept["runs"]] == [1.0, 2.0] and kept["suite_wall_s"]["value"] == 9.0
