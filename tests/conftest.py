@@ -49,6 +49,23 @@ def tiny_llama(seed: int = 0) -> LlamaForCausalLM:
     return LlamaForCausalLM(cfg).eval()
 
 
+def tiny_smollm(seed: int = 0) -> LlamaForCausalLM:
+    """SmolLM2-135M's features in miniature: grouped-query attention (3 query heads per key-value
+    head), an explicit head_dim, tied input and output embeddings, RMSNorm and a SiLU-gated MLP."""
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=120, hidden_size=48, intermediate_size=128, num_hidden_layers=2,
+                      num_attention_heads=6, num_key_value_heads=2, head_dim=8, max_position_embeddings=64,
+                      tie_word_embeddings=True, rope_parameters={"rope_theta": 100000.0, "rope_type": "default"})
+    return LlamaForCausalLM(cfg).eval()
+
+
+# conf/model's spec of tiny_smollm's architecture, for the memory simulator (MemoryPoint(model=...)).
+TINY_SMOLLM_SPEC = {"name": "tiny-smollm", "family": "causal", "arch": {
+    "model_type": "llama", "vocab_size": 120, "hidden_size": 48, "intermediate_size": 128, "num_hidden_layers": 2,
+    "num_attention_heads": 6, "num_key_value_heads": 2, "head_dim": 8, "max_position_embeddings": 64,
+    "tie_word_embeddings": True, "hidden_act": "silu"}}
+
+
 def tiny_gpt2(seed: int = 0) -> GPT2LMHeadModel:
     torch.manual_seed(seed)
     cfg = GPT2Config(vocab_size=120, n_embd=32, n_layer=2, n_head=4, n_positions=64,
@@ -56,7 +73,8 @@ def tiny_gpt2(seed: int = 0) -> GPT2LMHeadModel:
     return GPT2LMHeadModel(cfg).eval()
 
 
-TINY_MODELS = {"roberta": tiny_roberta, "bert": tiny_bert, "t5": tiny_t5, "llama": tiny_llama, "gpt2": tiny_gpt2}
+TINY_MODELS = {"roberta": tiny_roberta, "bert": tiny_bert, "t5": tiny_t5, "llama": tiny_llama, "gpt2": tiny_gpt2,
+               "smollm": tiny_smollm}
 
 
 def model_inputs(kind: str, batch: int = 2, seq: int = 9, seed: int = 1) -> dict:

@@ -15,6 +15,7 @@ ALL_LINEAR = {  # linears per block x blocks: what "all-linear" must find
     "bert": 6 * 2,                   # the same names (the pooler is the head's, not a block's)
     "t5": 2 * (4 + 2) + 2 * (8 + 2),  # encoder: attn q,k,v,o + wi,wo; decoder: self + cross attn + wi,wo
     "llama": 7 * 2,                  # q k v o gate up down
+    "smollm": 7 * 2,                 # the same, with grouped k v and tied embeddings (lm_head stays out)
     "gpt2": 4 * 2,                   # c_attn c_proj (attn) c_fc c_proj (mlp), Conv1D
 }
 
@@ -32,7 +33,7 @@ def test_all_linear_adapts_every_block_linear_and_nothing_else(kind):
 
 
 @pytest.mark.parametrize("kind,names", [("roberta", {"query", "value"}), ("bert", {"query", "value"}), ("t5", {"q", "v"}),
-                                         ("llama", {"q_proj", "v_proj"})])
+                                         ("llama", {"q_proj", "v_proj"}), ("smollm", {"q_proj", "v_proj"})])
 def test_qv_preset(kind, names):
     model = add_adapters(TINY_MODELS[kind](), AdapterConfig(method="lora", r=4, target_modules="qv"))
     found = {n.rsplit(".", 1)[-1] for n in adapter_layers(model)}

@@ -61,7 +61,7 @@ def test_saved_keys_and_config_follow_peft(tmp_path):
     assert len([k for k in keys if "lora_" in k]) == 2 * len(adapter_layers(model))
 
 
-@pytest.mark.parametrize("kind", ["roberta", "llama"])
+@pytest.mark.parametrize("kind", ["roberta", "llama", "smollm"])
 def test_peft_lora_adapter_loads_into_ours(tmp_path, kind):
     base = TINY_MODELS[kind]()
     targets = ["query", "value"] if kind == "roberta" else ["q_proj", "v_proj", "down_proj"]

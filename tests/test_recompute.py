@@ -23,8 +23,9 @@ def tiny_t5_gated(seed: int = 0) -> T5ForConditionalGeneration:
     return T5ForConditionalGeneration(cfg).eval()
 
 
-BUILDERS = {**{k: TINY_MODELS[k] for k in ("roberta", "bert", "t5", "llama")}, "t5_gated": tiny_t5_gated}
-EXPECTED = {"roberta": (5, 0, 0), "bert": (5, 0, 0), "t5": (12, 0, 0), "t5_gated": (12, 4, 0), "llama": (5, 2, 1)}
+BUILDERS = {**{k: TINY_MODELS[k] for k in ("roberta", "bert", "t5", "llama", "smollm")}, "t5_gated": tiny_t5_gated}
+EXPECTED = {"roberta": (5, 0, 0), "bert": (5, 0, 0), "t5": (12, 0, 0), "t5_gated": (12, 4, 0), "llama": (5, 2, 1),
+            "smollm": (5, 2, 1)}
 
 
 def batch(kind: str) -> dict:
