@@ -8,7 +8,7 @@ from lorafa.tasks.registry import TASKS
 
 def test_models_from_conf():
     assert names.stands_in_for() == {"tiny-roberta": "roberta-base", "tiny-t5": "t5-small", "tiny-llama": "llama-7b",
-                                     "minilm-l6": "roberta-base"}
+                                     "minilm-l6": "roberta-base", "smollm2-135m": "llama-7b"}
     assert (names.model_label("tiny-roberta"), names.model_label("llama2-7b")) == ("tiny-RoBERTa", "LLaMA2-7B")
     assert [names.paper_model(m) for m in ("tiny-roberta", "tiny-t5", "tiny-llama", "t5-large", "gpt-2")] == [
         "RoBERTa-base", "T5-small", "LLaMA-7B", "T5-large", ""]
