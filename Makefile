@@ -5,6 +5,7 @@
 #   make table2 [SCALE=mini|small]  run the missing runs of Table 2's sweep, then build the table
 #   make tables / figures     rebuild every table / figure from results/$(SCALE) (no training)
 #   make dry-run              every paper experiment rehearsed: real architectures, random weights, one step
+#   make gpu-check [ARGS=...] Table 5's memory points measured on one CUDA GPU beside the simulator (<= 8 min)
 SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -16,11 +17,11 @@ RUN := $(PY) experiments/run.py -m
 MEMORY := $(PY) experiments/memory.py -m backend=$(if $(filter mini,$(SCALE)),simulate,$(or $(BACKEND),simulate))
 RESULTS := $(or $(LORAFA_RESULTS_DIR),results)/$(SCALE)
 
-.PHONY: help venv test demo small small-lr-search dry-run bench-layer base-models tables figures clean-venv \
+.PHONY: help venv test demo small small-lr-search dry-run bench-layer gpu-check base-models tables figures clean-venv \
         table2 table3 table4 table5 table6 table7 fig2 fig3 fig4 fig5 fig6
 
 help:
-	@sed -n '2,7p' Makefile
+	@sed -n '2,8p' Makefile
 
 # lorafa is installed editable, so scripts import it from anywhere without touching sys.path;
 # its build backend is the venv's own setuptools (torch requires one), so nothing is downloaded.
@@ -56,6 +57,11 @@ small-lr-search: venv
 
 bench-layer: venv
 	$(PY) benchmarks/bench_layer.py --threads 1 --reps 12
+
+# Table 5's memory points on one CUDA GPU: measured peak beside the simulator's and the paper's;
+# results/gpu/gpu_check.{csv,md}. ARGS=--rehearse runs every code path on a CPU with tiny shapes.
+gpu-check: venv
+	$(PY) benchmarks/gpu_check.py $(ARGS)
 
 base-models: venv
 	$(PY) experiments/train_tokenizer.py
