@@ -2,6 +2,7 @@
 #   make demo                 the paper in miniature (CPU, offline)
 #   make test                 the test suite
 #   make small                the GLUE experiments on a real pretrained encoder (CPU, offline, hours)
+#   make small-llm            Table 4 on a real pretrained LLaMA-architecture model (CPU, offline, hours)
 #   make table2 [SCALE=mini|small]  run the missing runs of Table 2's sweep, then build the table
 #   make tables / figures     rebuild every table / figure from results/$(SCALE) (no training)
 #   make dry-run              every paper experiment rehearsed: real architectures, random weights, one step
@@ -17,11 +18,11 @@ RUN := $(PY) experiments/run.py -m
 MEMORY := $(PY) experiments/memory.py -m backend=$(if $(filter mini,$(SCALE)),simulate,$(or $(BACKEND),simulate))
 RESULTS := $(or $(LORAFA_RESULTS_DIR),results)/$(SCALE)
 
-.PHONY: help venv test demo small small-lr-search dry-run bench-layer gpu-check base-models tables figures clean-venv \
+.PHONY: help venv test demo small small-llm small-llm-lr-search small-lr-search dry-run bench-layer gpu-check base-models tables figures clean-venv \
         table2 table3 table4 table5 table6 table7 fig2 fig3 fig4 fig5 fig6
 
 help:
-	@sed -n '2,8p' Makefile
+	@sed -n '2,9p' Makefile
 
 # lorafa is installed editable, so scripts import it from anywhere without touching sys.path;
 # its build backend is the venv's own setuptools (torch requires one), so nothing is downloaded.
@@ -43,6 +44,14 @@ demo: venv
 
 small: venv
 	HF_HUB_OFFLINE=1 WANDB_MODE=offline $(PY) experiments/demo.py --scale small
+
+# Table 4 on SmolLM2-135M (the small scale's LLaMA); resumable, finished runs skipped.
+small-llm: venv
+	HF_HUB_OFFLINE=1 WANDB_MODE=offline $(PY) experiments/demo.py --scale small --suite small-llm
+
+# Not part of `make small-llm`: the learning-rate search behind its rates (experiment table4_lr).
+small-llm-lr-search: venv
+	for m in full_ft lora_qv lora lora_fa; do $(RUN) experiment=small/table4_lr/$$m || exit 1; done
 
 # The paper-scale path rehearsed without a GPU or the hub (experiments/dry_run.py): each distinct
 # model x task x method point of every paper experiment, one step; results/dry-run/summary.csv.
@@ -87,6 +96,7 @@ table3: venv
 table4: venv
 	$(RUN) experiment=$(EXP)table4_base
 	$(RUN) experiment=$(EXP)table4
+	$(if $(filter small,$(SCALE)),$(RUN) experiment=small/table4_seeds)
 	$(PY) -m analysis.tables --scale $(SCALE) --only table4
 table6 table7: venv
 	$(RUN) experiment=$(EXP)$@

@@ -1,4 +1,5 @@
-"""`make demo` (--scale mini) and `make small` (--scale small): a scale's whole suite on a CPU, offline.
+"""`make demo` (--scale mini), `make small` (--scale small) and `make small-llm` (--scale small
+--suite small-llm): a suite of a scale's sweeps on a CPU, offline.
 
 1. mini: the tiny pretrained base models (committed; pretrained here only if missing),
 2. every sweep of the scale's suite, conf/experiment/<scale>/ (finished runs are skipped),
@@ -34,11 +35,13 @@ from tqdm import tqdm
 ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the demo never reaches the hub
 
-# Each scale's sweeps, in order. Figure 4's curves come from Table 2's periodic evaluations.
-# small: the learning-rate search first (its records document each method's small-scale rate).
+# Each suite's sweeps (conf/experiment/<scale>/), in order; a suite is its scale's unless named
+# otherwise. Figure 4's curves come from Table 2's periodic evaluations. small: the GLUE
+# experiments on MiniLM; small-llm: Table 4 on SmolLM2-135M (the base model first).
 SUITES = {
     "mini": ("table2", "table3", "table4_base", "table4", "table6", "table7", "fig6"),
     "small": ("table2", "table2_lr", "table2_seeds", "table6", "table7", "fig6"),
+    "small-llm": ("table4_base", "table4", "table4_seeds"),
 }
 TIMING_FILES = {"mini": "demo_timing.json", "small": "timing.json"}
 MEMORY = ("table5", "fig2a", "fig2b", "fig2c", "fig3", "fig5")
@@ -98,7 +101,7 @@ def share_cores(background: subprocess.Popen | None) -> int:
 
 
 def run_training_sweeps(results_root: Path, background: subprocess.Popen | None = None, scale: str = "mini",
-                        counts: dict | None = None) -> dict:
+                        counts: dict | None = None, suite: str | None = None) -> dict:
     """Every job of the scale's suite, in order; `counts` (jobs, trained, skipped, failed) is
     updated as they go, so that an interrupted suite still reports its part."""
     import run as run_cli
@@ -109,10 +112,10 @@ def run_training_sweeps(results_root: Path, background: subprocess.Popen | None 
     from lorafa.results import config_hash, find_finished
 
     conf = ROOT / "conf"
-    jobs = [job for exp in SUITES[scale] for job in sweep_jobs(conf, f"{scale}/{exp}")]
+    jobs = [job for exp in SUITES[suite or scale] for job in sweep_jobs(conf, f"{scale}/{exp}")]
     counts = counts if counts is not None else {"trained": 0, "skipped": 0, "failed": 0}
     counts["jobs"] = len(jobs)
-    bar = tqdm(jobs, desc=f"{scale} sweeps", unit="run")
+    bar = tqdm(jobs, desc=f"{suite or scale} sweeps", unit="run")
     for overrides in bar:
         spec = run_cli.to_spec(compose_job(conf, [*overrides, f"results_dir={results_root}"]))
         bar.set_postfix_str(f"{spec.experiment} {spec.task} {spec.method.name}")
@@ -203,7 +206,7 @@ def cpu_model() -> str:
         return platform.processor()
 
 
-def summary(results_root: Path, wall_s: float, counts: dict, scale: str = "mini") -> dict:
+def summary(results_root: Path, wall_s: float, counts: dict, scale: str = "mini", suite: str | None = None) -> dict:
     done = "stopped (rerun to go on) after" if counts.get("interrupted") else "done in"
     lines = [f"\n[demo] {done} {wall_s / 60:.1f} min: {counts['trained']} runs trained, "
              f"{counts['skipped']} already finished, {counts.get('unavailable', 0)} with data unavailable offline, "
@@ -215,7 +218,7 @@ def summary(results_root: Path, wall_s: float, counts: dict, scale: str = "mini"
     timing = {"wall_s": round(wall_s, 1), "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
               "machine": {"cpus": os.cpu_count(), "cpu": cpu_model(), "platform": platform.platform(),
                           "python": platform.python_version()},
-              **counts}
+              **({"suite": suite} if suite and suite != scale else {}), **counts}
     path = results_root / TIMING_FILES[scale]  # every run of the suite is kept: a fresh one and the reruns
     path.parent.mkdir(parents=True, exist_ok=True)
     kept = json.loads(path.read_text()) if path.is_file() else {}  # notes beside "runs" (suite_wall_s) stay
@@ -230,9 +233,13 @@ def _exit_on_sigterm(signum, frame):
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--scale", choices=sorted(SUITES), default="mini", help="whose suite to run (default mini)")
+    ap.add_argument("--scale", choices=sorted(TIMING_FILES), default="mini", help="the scale (default mini)")
+    ap.add_argument("--suite", choices=sorted(SUITES), default=None, help="which of its suites (default: the scale's)")
     ap.add_argument("--skip-memory", action="store_true", help="leave out the memory simulations (mini)")
     args = ap.parse_args(argv)
+    suite = args.suite or args.scale
+    if not suite.startswith(args.scale):
+        ap.error(f"--suite {suite} is not a suite of --scale {args.scale}")
     from lorafa.paths import results_dir
 
     root = results_dir() / args.scale
@@ -244,16 +251,16 @@ def main(argv=None) -> None:
     counts = {"jobs": 0, "trained": 0, "skipped": 0, "failed": 0}
     signal.signal(signal.SIGTERM, _exit_on_sigterm)  # (a training run checkpoints on it first)
     try:
-        counts = run_training_sweeps(root, memory[0] if memory else None, args.scale, counts)
+        counts = run_training_sweeps(root, memory[0] if memory else None, args.scale, counts, suite)
     except (KeyboardInterrupt, SystemExit):
         # A long suite stopped part-way still says how long its part took: a fresh suite's wall
         # time is the sum over the invocations that finished it (finished runs are kept).
-        summary(root, time.perf_counter() - t0, dict(counts, interrupted=True), args.scale)
+        summary(root, time.perf_counter() - t0, dict(counts, interrupted=True), args.scale, suite)
         raise
     if memory:
         finish_memory_simulations(*memory)
     build_outputs(args.scale)
-    summary(root, time.perf_counter() - t0, counts, args.scale)
+    summary(root, time.perf_counter() - t0, counts, args.scale, suite)
 
 
 if __name__ == "__main__":

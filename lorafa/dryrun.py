@@ -15,8 +15,9 @@ because nothing else changes:
   T5 and LLaMA, whose SentencePiece models are on the hub only, get the project's BPE
   (models/tiny-bpe), the vocabulary kept at the model's size where it is larger;
 - the schedule: one optimizer step on `TRAIN_EXAMPLES` examples, evaluation on
-  `EVAL_EXAMPLES`, generation cut to `MAX_NEW_TOKENS` tokens, MMLU to `MMLU_SUBJECTS`
-  subjects of `MMLU_EXAMPLES` questions;
+  `EVAL_EXAMPLES` (instruction tasks: of their held-out rows), generation (WMT16, CoT) cut to
+  `MAX_NEW_TOKENS` tokens, MMLU to `MMLU_SUBJECTS` subjects (none where the run skips it) of
+  `MMLU_EXAMPLES` questions;
 - the precision: what the CPU can run of the paper's setting (`cpu_precision`): on a CPU
   with bf16 units bf16 stays bf16 (torch autocasts on CPU) and fp16, whose autocast is
   CUDA-only in transformers' Trainer, becomes bf16; on a CPU without them both become fp32,
@@ -72,7 +73,8 @@ def rehearsal_spec(spec, root: str | Path):
     data = dataclasses.replace(
         data, max_train_samples=TRAIN_EXAMPLES, max_eval_samples=EVAL_EXAMPLES,
         max_length=min(data.max_length, MAX_LENGTH), max_target_length=min(data.max_target_length, MAX_LENGTH),
-        mmlu_subjects=list(data.mmlu_subjects or MMLU_SUBJECTS)[:len(MMLU_SUBJECTS)], mmlu_max_examples=MMLU_EXAMPLES)
+        mmlu_subjects=list(MMLU_SUBJECTS if data.mmlu_subjects is None else data.mmlu_subjects)[:len(MMLU_SUBJECTS)],
+        mmlu_max_examples=MMLU_EXAMPLES, cot_max_new_tokens=min(data.cot_max_new_tokens, MAX_NEW_TOKENS))
     notes.append(f"1 optimizer step on {TRAIN_EXAMPLES} examples (batch {trainer.batch_size}), evaluation on "
                  f"{EVAL_EXAMPLES}, sequences <= {data.max_length} tokens, generation <= {trainer.max_new_tokens}")
     return dataclasses.replace(spec, model=model, trainer=trainer, data=data, results_root=str(root),

@@ -57,7 +57,7 @@ class FinetuneRecipe:
         """Data before the model: a malformed row (reported with its file and line) fails first."""
         spec = self.spec
         self.tokenizer = load_tokenizer(spec.model)
-        splits = load_splits(self.task, spec.data, spec.trainer.seed)
+        splits = load_splits(self.task, spec.data, spec.trainer.seed, train=spec.trains)  # method base: evaluation only
         self.prepared = prepare_task(self.task, self.tokenizer, splits, spec.data, spec.trainer.eval_batch_size)
 
     def setup_model(self) -> None:

@@ -24,10 +24,13 @@ from lorafa.training import TrainSettings
 from lorafa.validation import require, require_choice, require_int, require_type
 
 METHOD_KINDS = ("adapter", "full_ft", "prompt_tuning", "none")  # none: evaluate the base model only
+EVALUATION_ONLY_FAMILIES = ("mmlu", "instruction")  # where kind "none" has something to evaluate
 LOGGERS = ("none", "wandb")
 
 
-LATER_TRAINER_FIELDS = {"group_by_length": False, "selective_recompute": False}
+# Fields added after records existed: left out of the hash at these defaults (RunSpec.config).
+LATER_FIELDS = {"trainer": {"group_by_length": False, "selective_recompute": False},
+                "data": {"cot_max_examples": None, "cot_max_new_tokens": 128}}
 
 
 @dataclass
@@ -90,10 +93,16 @@ class RunSpec:
                           ("data", DataSpec)):
             require(isinstance(getattr(self, name), cls), name, getattr(self, name), f"a {cls.__name__}")
         task = self.task_spec
-        if (task.family == "mmlu") != (self.method.kind == "none"):
+        if task.family == "mmlu" and self.method.kind != "none":
             raise ValueError("task='mmlu' is evaluation only and goes with method=base (the base model's "
-                             "5-shot score, Table 4); to fine-tune, use task=alpaca or task=flanv2 "
-                             "(MMLU 5-shot runs after training)")
+                             "5-shot score, Table 4); to fine-tune, use task=alpaca, task=flanv2 or "
+                             "task=flan_cot (MMLU 5-shot runs after training)")
+        if self.method.kind == "none" and task.family not in EVALUATION_ONLY_FAMILIES:
+            raise ValueError(f"method={self.method.name!r} trains nothing: it evaluates a base model on "
+                             f"task=mmlu or an instruction task (alpaca, flanv2, flan_cot), not task={self.task!r}")
+        if task.family == "mmlu" and not self.data.runs_mmlu:
+            raise ValueError("data.mmlu_subjects=[] is invalid for task='mmlu'; allowed: null (all 57) or "
+                             "a non-empty list of subjects")
         require(self.method.kind == "none" or self.trainer.lr > 0, "trainer.lr", self.trainer.lr, "a finite number > 0")
         check_compatible(self.model, task.family, task.name)
         self.model.check_files()
@@ -105,6 +114,11 @@ class RunSpec:
     @property
     def task_spec(self) -> TaskSpec:
         return get_task(self.task)
+
+    @property
+    def trains(self) -> bool:
+        """Whether the run trains: method kind "none" evaluates the base model only."""
+        return self.method.kind != "none"
 
     def config(self) -> dict[str, Any]:
         """The resolved configuration a record stores and hashes: everything that decides the
@@ -118,9 +132,14 @@ class RunSpec:
         d["trainer"].pop("save_steps")
         # Fields added after records existed stay out of the hash at their default, so those
         # records still count as finished.
-        for key, default in LATER_TRAINER_FIELDS.items():
-            if d["trainer"][key] == default:
-                d["trainer"].pop(key)
+        for group, fields in LATER_FIELDS.items():
+            for key, default in fields.items():
+                if d[group][key] == default:
+                    d[group].pop(key)
+        # A task's own held-out set decides what trains, so its size is part of the configuration.
+        if self.task_spec.held_out is not None:
+            rule = self.data.held_out(self.task_spec, self.trainer.seed)
+            d["data"]["eval_from_train"] = rule.n if rule is not None else 0
         if not self.dry_run:
             d.pop("dry_run")
         return d

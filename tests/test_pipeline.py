@@ -97,6 +97,32 @@ def test_instruction_tuning_then_mmlu(tmp_path):
     assert set(k for k in rec.metrics if k.startswith("mmlu/")) == {"mmlu/anatomy", "mmlu/astronomy"}
     assert rec.metrics["mmlu_accuracy"] == pytest.approx(
         (rec.metrics["mmlu/anatomy"] + rec.metrics["mmlu/astronomy"]) / 2)  # 4 questions each
+    # the held-out rows (the first 24 of Alpaca's 100: data.max_eval_samples) scored after training
+    assert rec.metrics["heldout_n"] == 24 and 0 < rec.metrics["heldout_loss"] < 20 and rec.metrics["heldout_tokens"] > 24
+    assert rec.config["data"]["eval_from_train"] == 100
+
+
+COT_FAST = ["data.mmlu_subjects=[anatomy]", "data.mmlu_max_examples=2", "data.max_length=256", "data.max_eval_samples=6",
+            "++data.cot_max_new_tokens=8"]
+COT_METRICS = {"heldout_loss", "heldout_tokens", "heldout_n", "cot_accuracy", "cot_n", "cot_format_rate",
+               "cot_accuracy/aqua", "cot_accuracy/qasc", "cot_accuracy/strategyqa", "mmlu_accuracy", "mmlu/anatomy"}
+
+
+def test_flan_cot_tuning_then_held_out_cot_and_mmlu(tmp_path):
+    rec = run_tiny(tmp_path, "flan_cot", "tiny-llama", extra=COT_FAST)
+    check_common(rec, "flan_cot", "lora_fa")
+    assert set(rec.metrics) == COT_METRICS | {"train_loss"}
+    assert rec.metrics["cot_n"] == 6 and rec.metrics["heldout_n"] == 6 and 0 <= rec.metrics["cot_accuracy"] <= 1
+
+
+def test_base_model_on_an_instruction_task_is_evaluation_only(tmp_path):
+    """Table 4's base row: method=base on task=flan_cot trains nothing and is scored as the
+    fine-tuned runs are (the same held-out rows, the same generation, MMLU)."""
+    rec = run_tiny(tmp_path, "flan_cot", "tiny-llama", method="base", extra=COT_FAST)
+    assert rec.status == "ok", rec.error
+    assert rec.trainable_params == 0 and rec.step_time_s is None and rec.peak_memory_bytes is None
+    assert set(rec.metrics) == COT_METRICS and rec.metrics["cot_n"] == 6
+    check_provenance(rec)
 
 
 def test_bf16_autocast_on_the_cpu(tmp_path):
@@ -194,6 +220,26 @@ def test_bad_config_values_fail_before_any_model_is_built(tmp_path):
         spec_for(tmp_path, ["task=wmt16_en_ro", "model=tiny-roberta"])
     with pytest.raises(ValueError, match="evaluation only"):
         spec_for(tmp_path, ["task=mmlu"])
+
+
+def test_base_method_and_held_out_settings_in_the_config(tmp_path):
+    from lorafa.results import config_hash
+
+    with pytest.raises(ValueError, match="trains nothing: it evaluates a base model on task=mmlu or an instruction task"):
+        spec_for(tmp_path, ["task=glue/mrpc", "method=base"])
+    with pytest.raises(ValueError, match=r"data.mmlu_subjects=\[\] is invalid for task='mmlu'"):
+        spec_for(tmp_path, ["task=mmlu", "method=base", "data.mmlu_subjects=[]"])
+    with pytest.raises(ValueError, match=r"data.cot_max_new_tokens=0 is invalid; allowed: an integer >= 1"):
+        spec_for(tmp_path, ["task=flan_cot", "++data.cot_max_new_tokens=0"])
+    with pytest.raises(ValueError, match=r"data.eval_from_train=-1 is invalid; allowed: an integer >= 0 or null"):
+        spec_for(tmp_path, ["task=alpaca", "data.eval_from_train=-1"])
+    base, _ = spec_for(tmp_path, ["task=flan_cot", "method=base"])
+    assert not base.trains and base.config()["data"]["eval_from_train"] == 100  # the task's held-out size is hashed
+    implicit, _ = spec_for(tmp_path, ["task=alpaca"])
+    explicit, _ = spec_for(tmp_path, ["task=alpaca", "data.eval_from_train=100"])
+    assert config_hash(implicit.config()) == config_hash(explicit.config())
+    glue = spec_for(tmp_path, ["task=glue/mrpc"])[0].config()["data"]  # data fields added later stay out at their defaults
+    assert "cot_max_new_tokens" not in glue and "cot_max_examples" not in glue and glue["eval_from_train"] is None
 
 
 def cli(tmp_path, *args):

@@ -1,11 +1,16 @@
-"""Instruction tuning data: Alpaca's file, FLAN v2's hub rows, and the response-only loss mask."""
+"""Instruction tuning data: Alpaca's file, FLAN v2's hub rows, the response-only loss mask, the
+held-out rows and their loss (checked against a computation by hand on tiny models)."""
+
+import math
 
 import datasets
 import pytest
+import torch
 from transformers import GPT2Tokenizer
 
 from lorafa.paths import data_dir
 from lorafa.tasks import common
+from lorafa.tasks.glue import load_glue
 from lorafa.tasks.instruct import (IGNORE_INDEX, format_prompt, load_alpaca, load_flanv2,
                                    load_instruction, tokenize_instruction)
 
@@ -127,3 +132,102 @@ def test_malformed_alpaca_record(tmp_path):
     path.write_text('[\n  {"instruction": "a", "input": "", "output": "b"}\n  {"x": 1}\n]')
     with pytest.raises(ValueError, match=rf"{path}:3: .*expected ','"):
         load_alpaca(data_dir=tmp_path)
+
+
+# ----------------------------------------------------------------------------- held-out rows and their loss
+
+def test_alpaca_held_out_rows_are_fixed_and_never_trained_on():
+    """100 of the 999 rows at a fixed seed, the same for every training seed; the training rows
+    exclude them (and 4 exact duplicates of them elsewhere in the file) before max_train_samples."""
+    from lorafa.tasks import get_task
+    from lorafa.tasks.data import DataSpec, load_splits
+
+    task, key = get_task("alpaca"), lambda ds: set(zip(ds["instruction"], ds["input"]))
+    a, b = load_splits(task, DataSpec(), seed=0), load_splits(task, DataSpec(max_train_samples=300), seed=9)
+    assert a.evals[""].to_list() == b.evals[""].to_list() and len(a.evals[""]) == 100
+    assert len(a.train) == 895 and len(b.train) == 300
+    assert not key(a.evals[""]) & key(a.train) and not key(a.evals[""]) & key(b.train)
+    assert load_splits(task, DataSpec(eval_from_train=0), seed=0).evals == {}
+    assert load_splits(task, DataSpec(max_eval_samples=10), seed=4).evals[""].to_list() == a.evals[""].to_list()[:10]
+    base = load_splits(task, DataSpec(), seed=0, train=False)  # the base model: same held-out rows, no training
+    assert base.train is None and base.evals[""].to_list() == a.evals[""].to_list()
+
+
+def test_eval_from_train_without_a_task_rule_keeps_the_trainer_seed():
+    """QNLI offline (data.eval_from_train on a task with no held-out rule of its own): drawn at the
+    trainer's seed, as its records were made."""
+    from lorafa.tasks import get_task
+    from lorafa.tasks.common import train_eval_split
+    from lorafa.tasks.data import DataSpec, load_splits
+
+    task, data = get_task("glue/qnli"), DataSpec(train_split="validation", eval_from_train=300)
+    got = load_splits(task, data, seed=2)
+    _, expected = train_eval_split(load_glue("qnli", "validation"), 300, seed=2)
+    assert got.evals[""].to_list() == expected.to_list()
+    assert got.evals[""].to_list() != load_splits(task, data, seed=3).evals[""].to_list()
+
+
+def _examples(seed: int = 0, n: int = 7) -> datasets.Dataset:
+    """Tokenised examples in tokenize_instruction's layout (ids < 120, tiny_llama's vocabulary):
+    prompts of 2-9 tokens labelled -100, responses of 1-8 tokens."""
+    g = torch.Generator().manual_seed(seed)
+    rows = {"input_ids": [], "labels": []}
+    for _ in range(n):
+        p, r = (int(torch.randint(lo, hi, (), generator=g)) for lo, hi in ((2, 10), (1, 9)))
+        ids = torch.randint(3, 120, (p + r,), generator=g).tolist()
+        rows["input_ids"].append(ids)
+        rows["labels"].append([IGNORE_INDEX] * p + ids[p:])
+    return datasets.Dataset.from_dict(rows)
+
+
+def _by_hand(model, ds) -> tuple[float, int]:
+    """Sum over examples, one unpadded forward each, of -log p(response token | everything before)."""
+    total, count = 0.0, 0
+    for ids, labels in zip(ds["input_ids"], ds["labels"]):
+        with torch.no_grad():
+            logp = model(input_ids=torch.tensor([ids])).logits[0].double().log_softmax(-1)
+        for t in range(1, len(ids)):
+            if labels[t] != IGNORE_INDEX:
+                total, count = total - logp[t - 1, labels[t]].item(), count + 1
+    return total / count, count
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2"])  # GPT-2's absolute positions catch padding on the wrong side
+def test_heldout_loss_is_the_token_weighted_response_cross_entropy(kind):
+    from conftest import tiny_gpt2, tiny_llama
+    from lorafa.tasks.instruct import response_loss
+
+    model, ds = (tiny_llama if kind == "llama" else tiny_gpt2)(), _examples()
+    loss, count = _by_hand(model, ds)
+    assert count == sum(t != IGNORE_INDEX for labels in ds["labels"] for t in labels)
+    for batch_size, pad_id in ((1, 0), (3, 0), (7, 0), (7, 99)):
+        got = response_loss(model, ds, batch_size=batch_size, pad_id=pad_id, progress=False)
+        assert got["heldout_loss"] == pytest.approx(loss, rel=1e-5), (batch_size, pad_id)
+        assert got["heldout_tokens"] == count and got["heldout_n"] == len(ds)
+    # the library's own loss of one example (mean over its response tokens) agrees with the hand shift
+    one = ds.select([0])
+    with torch.no_grad():
+        hf = model(input_ids=torch.tensor(one["input_ids"]), labels=torch.tensor(one["labels"])).loss.item()
+    assert response_loss(model, one, progress=False)["heldout_loss"] == pytest.approx(hf, rel=1e-5)
+    assert model.training is False
+
+
+def test_base_model_is_evaluated_without_a_training_set(tokenizer):
+    """method=base on an instruction task: load_splits(train=False) and prepare give no training
+    set, and the final evaluation scores the untrained model on the held-out rows (MMLU skipped)."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from lorafa.tasks import get_task
+    from lorafa.tasks.data import DataSpec, load_splits, prepare_task
+
+    task, data = get_task("alpaca"), DataSpec(max_eval_samples=6, mmlu_subjects=[], max_length=256)
+    prepared = prepare_task(task, tokenizer, load_splits(task, data, seed=0, train=False), data, eval_batch_size=4)
+    assert prepared.train is None and prepared.evals == {}
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tokenizer), n_embd=16, n_layer=1, n_head=2))
+    metrics = prepared.final_eval(model)
+    assert set(metrics) == {"heldout_loss", "heldout_tokens", "heldout_n"} and metrics["heldout_n"] == 6
+    assert 0 < metrics["heldout_loss"] < 2 * math.log(len(tokenizer))
+    with pytest.raises(ValueError, match=r"data.mmlu_subjects=\[\] with data.eval_from_train=0"):
+        none = DataSpec(mmlu_subjects=[], eval_from_train=0)
+        prepare_task(task, tokenizer, load_splits(task, none, seed=0, train=False), none, eval_batch_size=4)

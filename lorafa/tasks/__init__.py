@@ -3,7 +3,8 @@
     registry     TaskSpec / TASKS / get_task: config names -> family, data, metrics
     glue         GLUE TSVs, tokenize_glue, glue_metrics, mnli_average
     translation  WMT16 En->Ro, tokenize_translation (T5 prefix), BLEU / ROUGE-L
-    instruct     Alpaca / FLAN v2, tokenize_instruction (loss on the response only)
+    instruct     Alpaca / FLAN v2 / FLAN CoT, tokenize_instruction (loss on the response only),
+                 held-out loss; cot: the FLAN v2 CoT source files and cot_accuracy
     mmlu         MMLU CSVs, k-shot prompts, evaluate_mmlu
     data         DataSpec (the `data` config), load_splits, prepare_task: each family module's
                  `load` and `prepare` give a run its tokenised splits, collator and metrics

@@ -8,7 +8,7 @@ from typing import Callable
 import datasets
 
 from lorafa.paths import data_dir as default_data_dir
-from lorafa.tasks.registry import TaskSpec
+from lorafa.tasks.registry import HeldOut, TaskSpec
 
 
 def resolve_data_dir(data_dir: str | Path | None) -> Path:
@@ -65,6 +65,37 @@ def train_eval_split(
         raise ValueError(f"eval_size: must lie in [1, {len(dataset) - 1}], got {eval_size}")
     parts = dataset.train_test_split(test_size=eval_size, seed=seed, shuffle=True)
     return parts["train"], parts["test"]
+
+
+def held_out_split(dataset: datasets.Dataset, rule: HeldOut) -> tuple[datasets.Dataset, datasets.Dataset]:
+    """(train, held-out) by a HeldOut rule: train_eval_split's seeded draw of rule.n rows at
+    rule.seed, per value of the column rule.by when it names one; then the training rows that
+    repeat a held-out row's rule.key columns are dropped, so no held-out example is trained on.
+
+    Per value of `by`, the held-out rows come interleaved (one of each value in turn, in file
+    order), so that any prefix of them, which data.max_eval_samples and data.cot_max_examples
+    take, holds every source almost equally.
+    """
+    if rule.by is None:
+        train, held = _draw(dataset, rule, "rows")
+    else:
+        column = dataset[rule.by]
+        parts = [_draw(dataset.select([i for i, v in enumerate(column) if v == value]), rule, f"{rule.by} {value!r}")
+                 for value in dict.fromkeys(column)]
+        train = datasets.concatenate_datasets([t for t, _ in parts])
+        held = datasets.interleave_datasets([h for _, h in parts])  # round-robin over equal sizes: every row
+    if rule.key:
+        seen = set(zip(*(held[k] for k in rule.key)))
+        train = train.filter(lambda *values: values not in seen, input_columns=list(rule.key),
+                             desc="drop duplicates of held-out rows")
+    return train, held
+
+
+def _draw(dataset: datasets.Dataset, rule: HeldOut, what: str) -> tuple[datasets.Dataset, datasets.Dataset]:
+    if not 0 < rule.n < len(dataset):
+        raise ValueError(f"data.eval_from_train={rule.n} is invalid; allowed: 1..{len(dataset) - 1} "
+                         f"({what} has {len(dataset)} training rows)")
+    return train_eval_split(dataset, rule.n, seed=rule.seed)
 
 
 def malformed(path: Path, lineno: int, why: str) -> ValueError:

@@ -1,7 +1,15 @@
-"""Instruction tuning data (Alpaca, FLAN v2) in the Alpaca prompt format, tokenised so
-the loss falls on the response tokens only.
+"""Instruction tuning data (Alpaca, FLAN v2, the FLAN v2 CoT source files) in the Alpaca prompt
+format, tokenised so the loss falls on the response tokens only, and what scores a run afterwards.
 
-Loaded datasets have the columns `instruction`, `input` ("" when none), `output`.
+Loaded datasets have the columns `instruction`, `input` ("" when none), `output` (flan_cot adds
+`source` and `answer`: lorafa.tasks.cot).
+
+After training (or, for method=base, instead of it) every instruction run is scored on:
+- heldout_loss / heldout_tokens / heldout_n: the mean cross-entropy per response token over the
+  task's held-out rows (TaskSpec.held_out), the quantity training minimises, token-weighted over
+  the whole set;
+- cot_accuracy, cot_accuracy/<source>, cot_format_rate, cot_n (flan_cot): lorafa.tasks.cot;
+- mmlu_accuracy, mmlu/<subject>: 5-shot MMLU, the paper's Table 4 (data.mmlu_subjects=[] skips it).
 """
 
 from __future__ import annotations
@@ -11,12 +19,15 @@ import re
 from pathlib import Path
 
 import datasets
+import torch
+from tqdm.auto import tqdm
 
 from lorafa.tasks.common import load_local_or_hub, malformed
 from lorafa.tasks.registry import check_split, get_task
 
 __all__ = ["PROMPT_INPUT", "PROMPT_NO_INPUT", "IGNORE_INDEX", "load_alpaca", "load_flanv2",
-           "load_instruction", "format_prompt", "tokenize_instruction"]
+           "load_instruction", "format_prompt", "prompt_token_ids", "tokenize_instruction", "response_loss",
+           "instruction_final_eval"]
 
 IGNORE_INDEX = -100  # what torch's cross-entropy (and so every HF model's loss) skips
 
@@ -121,7 +132,9 @@ def load_flanv2(split: str = "train", data_dir: str | Path | None = None) -> dat
 
 def load_instruction(name: str, split: str = "train",
                      data_dir: str | Path | None = None) -> datasets.Dataset:
-    loaders = {"alpaca": load_alpaca, "flanv2": load_flanv2}
+    from lorafa.tasks.cot import load_flan_cot
+
+    loaders = {"alpaca": load_alpaca, "flanv2": load_flanv2, "flan_cot": load_flan_cot}
     if name not in loaders:
         raise ValueError(f"name: unknown instruction task {name!r}; available: {', '.join(loaders)}")
     return loaders[name](split, data_dir)
@@ -136,6 +149,14 @@ def _bos_ids(tokenizer) -> list[int]:
     return [bos] if probe and probe[0] == bos else []
 
 
+def prompt_token_ids(tokenizer, instructions, inputs) -> list[list[int]]:
+    """[bos] + the formatted prompt's tokens: what training conditions on, and what generation
+    starts from (lorafa.tasks.cot)."""
+    bos = _bos_ids(tokenizer)
+    prompts = [format_prompt(i, x) for i, x in zip(instructions, inputs)]
+    return [bos + ids for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+
+
 def tokenize_instruction(dataset: datasets.Dataset, tokenizer, max_length: int = 512,
                          ) -> datasets.Dataset:
     """input_ids = [bos] + prompt + response + [eos]; labels copy the response and EOS
@@ -147,15 +168,14 @@ def tokenize_instruction(dataset: datasets.Dataset, tokenizer, max_length: int =
     """
     if tokenizer.eos_token_id is None:
         raise ValueError("tokenizer: needs an eos_token so the model learns where a response ends")
-    bos, eos = _bos_ids(tokenizer), tokenizer.eos_token_id
+    eos = tokenizer.eos_token_id
 
     def encode(batch):
-        prompts = [format_prompt(i, x) for i, x in zip(batch["instruction"], batch["input"])]
-        p_ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+        p_ids = prompt_token_ids(tokenizer, batch["instruction"], batch["input"])
         r_ids = tokenizer(batch["output"], add_special_tokens=False)["input_ids"]
         out = {"input_ids": [], "attention_mask": [], "labels": []}
-        for p, r in zip(p_ids, r_ids):
-            prompt, response = bos + p, r + [eos]
+        for prompt, r in zip(p_ids, r_ids):
+            response = r + [eos]
             ids = (prompt + response)[:max_length]
             labels = ([IGNORE_INDEX] * len(prompt) + response)[:max_length]
             out["input_ids"].append(ids)
@@ -175,17 +195,100 @@ def load(name: str, split: str, data_dir: str | Path | None = None) -> datasets.
     return load_instruction(name, split, data_dir)
 
 
+def _pad_right(rows: list[list[int]], value: int) -> torch.Tensor:
+    return torch.nn.utils.rnn.pad_sequence([torch.tensor(r, dtype=torch.long) for r in rows], batch_first=True,
+                                           padding_value=value)
+
+
+@torch.inference_mode()
+def _batch_loss(model, ids: list[list[int]], labels: list[list[int]], pad_id: int) -> tuple[torch.Tensor, int]:
+    """(summed cross-entropy, count) over the response tokens of one right-padded batch. Only the
+    positions that predict a response token go through the LM head (logits_to_keep as a boolean
+    mask), so memory grows with the response tokens, not batch x length x vocabulary."""
+    from lorafa.tasks.mmlu import _accepts
+
+    device = next(model.parameters()).device
+    input_ids, targets = _pad_right(ids, pad_id).to(device), _pad_right(labels, IGNORE_INDEX).to(device)
+    mask = _pad_right([[1] * len(r) for r in ids], 0).to(device)
+    # Position t predicts token t + 1 (the shift inside every HF causal-LM loss).
+    predicts = torch.zeros_like(targets, dtype=torch.bool)
+    predicts[:, :-1] = targets[:, 1:] != IGNORE_INDEX
+    kwargs = {"logits_to_keep": predicts} if _accepts(model, "logits_to_keep", via_kwargs=False) else {}
+    logits = model(input_ids=input_ids, attention_mask=mask, **kwargs).logits
+    if logits.dim() == 3:  # the model ignored the mask: every position came back
+        logits = logits[predicts]
+    gold = targets[:, 1:][predicts[:, :-1]]
+    loss = torch.nn.functional.cross_entropy(logits.float(), gold, reduction="sum")
+    return loss.double().cpu(), int(gold.numel())
+
+
+def response_loss(model, dataset: datasets.Dataset, batch_size: int = 16, pad_id: int = 0,
+                  progress: bool = True) -> dict[str, float]:
+    """heldout_loss: the summed cross-entropy of every response token (label != -100, as
+    tokenize_instruction sets them) over their number, so that long responses weigh by their
+    tokens, as in training; with heldout_tokens and heldout_n (examples). Batched in order of
+    length, right-padded (padding is masked out and carries no label), no grad, model.eval()."""
+    ids, labels = list(dataset["input_ids"]), list(dataset["labels"])
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    total, count = torch.zeros((), dtype=torch.float64), 0
+    was_training = model.training
+    model.eval()
+    try:
+        for start in tqdm(range(0, len(order), batch_size), desc="held-out loss", disable=not progress):
+            index = order[start:start + batch_size]
+            loss, n = _batch_loss(model, [ids[i] for i in index], [labels[i] for i in index], pad_id)
+            total, count = total + loss, count + n
+    finally:
+        model.train(was_training)
+    return {"heldout_loss": total.item() / count if count else float("nan"), "heldout_tokens": count,
+            "heldout_n": len(order)}
+
+
+def instruction_final_eval(task, tokenizer, held_out, data, batch_size: int, progress: bool = True):
+    """final_eval(model) -> the run's metrics: held-out loss, CoT accuracy (tasks that list
+    cot_accuracy), then MMLU unless data.mmlu_subjects is []. The held-out set is tokenised now,
+    so a problem with it shows before any training."""
+    from lorafa.tasks.cot import evaluate_cot
+    from lorafa.tasks.mmlu import mmlu_final_eval
+
+    tokenized = tokenize_instruction(held_out, tokenizer, data.max_length) if held_out is not None else None
+    if tokenized is not None and len(tokenized) == 0:
+        raise ValueError(f"data.max_length={data.max_length} leaves no held-out {task.name} example with a "
+                         f"response token; raise it")
+    pad_id = next(i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0) if i is not None)
+    mmlu = mmlu_final_eval(tokenizer, data, batch_size) if data.runs_mmlu else None
+
+    def final_eval(model) -> dict:
+        metrics = {}
+        if tokenized is not None:
+            metrics.update(response_loss(model, tokenized, batch_size, pad_id, progress))
+            if "cot_accuracy" in task.metrics:
+                metrics.update(evaluate_cot(model, tokenizer, held_out, data.cot_max_new_tokens, batch_size,
+                                            data.cot_max_examples, progress))
+        if mmlu is not None:
+            metrics.update(mmlu(model))
+        return metrics
+
+    return final_eval
+
+
 def prepare(task, tokenizer, splits, data, eval_batch_size: int):
-    """Instruction tuning: no evaluation set while training; MMLU k-shot afterwards (Table 4)."""
+    """Instruction tuning: no evaluation inside the Trainer; afterwards the held-out rows and
+    MMLU k-shot (Table 4). With no training set (method=base) the same evaluation, of the base model."""
     from transformers import DataCollatorForSeq2Seq
 
     from lorafa.tasks.data import PreparedTask
-    from lorafa.tasks.mmlu import mmlu_final_eval
 
-    train = tokenize_instruction(splits.train, tokenizer, data.max_length)
-    if len(train) == 0:
-        raise ValueError(f"data.max_length={data.max_length} leaves no {task.name} example with a response token; "
-                         f"raise it")
+    held_out = splits.evals.get("")
+    if splits.train is None and held_out is None and not data.runs_mmlu:
+        raise ValueError(f"data.mmlu_subjects=[] with data.eval_from_train=0 leaves a base-model run on "
+                         f"{task.name} nothing to evaluate; allowed: a held-out set, MMLU subjects, or both")
+    train = None
+    if splits.train is not None:
+        train = tokenize_instruction(splits.train, tokenizer, data.max_length)
+        if len(train) == 0:
+            raise ValueError(f"data.max_length={data.max_length} leaves no {task.name} example with a response "
+                             f"token; raise it")
     return PreparedTask(train=train, evals={},
-                        collator=DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, padding=True),
-                        final_eval=mmlu_final_eval(tokenizer, data, eval_batch_size))
+                        collator=DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE_INDEX, padding=True),
+                        final_eval=instruction_final_eval(task, tokenizer, held_out, data, eval_batch_size))

@@ -5,7 +5,9 @@ Metric scale: classification/regression metrics are stored as sklearn/scipy retu
 them (fractions, or -1..1 for correlations); BLEU and ROUGE-L are stored on 0..100 as
 sacrebleu reports BLEU and as the paper's Table 3 prints both; MMLU accuracy is a
 fraction. `TaskSpec.table_scale` is the factor that turns a stored value into the
-number the paper's tables print, so analysis never guesses.
+number the paper's tables print, so analysis never guesses. The instruction tasks'
+held-out measures are not the paper's: heldout_loss is in nats per response token and
+cot_accuracy a fraction (lorafa.tasks.instruct).
 """
 
 from __future__ import annotations
@@ -22,13 +24,31 @@ def _empty() -> Mapping[str, str]:
 
 
 @dataclass(frozen=True)
+class HeldOut:
+    """A task's own held-out set: rows of its training split that are never trained on and
+    score the run afterwards (instruction tasks have no evaluation split of their own).
+
+    n rows are drawn, or n per distinct value of the column `by` (FLAN CoT: per source, so each
+    source's score rests on as many rows), with the fixed `seed`: every method, training seed and
+    the base model are scored on the same rows. Training rows whose `key` columns equal a held-out
+    row's are dropped as well, so a duplicate in the file cannot leak a held-out example into
+    training. data.eval_from_train overrides n (0: no held-out set).
+    """
+
+    n: int
+    by: str | None = None
+    seed: int = 0
+    key: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class TaskSpec:
     name: str
     family: str
     metrics: tuple[str, ...]
     primary_metric: str
     table_scale: float
-    hub_id: str
+    hub_id: str | None  # None: local files only
     hub_config: str | None = None
     label: str = ""  # how the paper's tables and figures name the task ("SST-2", "WMT16 En-Ro")
     # split -> path relative to the data dir, in the original release layout.
@@ -41,6 +61,8 @@ class TaskSpec:
     label_names: tuple[str, ...] = ()
     # Instruction tasks are scored on another task (the paper: 5-shot MMLU).
     eval_task: str | None = None
+    # Instruction tasks: rows of the training split held out for evaluation (heldout_loss, cot_accuracy).
+    held_out: HeldOut | None = None
     notes: str = ""
 
     @property
@@ -64,6 +86,8 @@ def _glue(name, folder, metrics, primary, num_labels, label_names=(), family="cl
 
 
 _NLI2 = ("entailment", "not_entailment")
+# 100 rows (a tenth of the offline Alpaca sample) scored by heldout_loss after training.
+_INSTRUCTION_HELD_OUT = HeldOut(n=100, seed=0, key=("instruction", "input"))
 
 _SPECS = [
     _glue("cola", "CoLA", ("mcc", "accuracy"), "mcc", 2, ("unacceptable", "acceptable")),
@@ -92,17 +116,29 @@ _SPECS = [
         eval_splits=("validation", "test"),
     ),
     TaskSpec(
-        name="alpaca", family="instruction", metrics=("mmlu_accuracy",),
+        name="alpaca", family="instruction", metrics=("mmlu_accuracy", "heldout_loss"),
         primary_metric="mmlu_accuracy", table_scale=100.0, hub_id="tatsu-lab/alpaca", label="Alpaca",
         local_files=MappingProxyType({"train": "alpaca/alpaca_en_demo.json"}),
-        eval_splits=(), eval_task="mmlu",
+        eval_splits=(), eval_task="mmlu", held_out=_INSTRUCTION_HELD_OUT,
     ),
     TaskSpec(
-        name="flanv2", family="instruction", metrics=("mmlu_accuracy",),
+        name="flanv2", family="instruction", metrics=("mmlu_accuracy", "heldout_loss"),
         primary_metric="mmlu_accuracy", table_scale=100.0, label="FLAN v2",
         # Tulu v2's 50k FLAN v2 sample, the size the paper takes from Dettmers et al.
         hub_id="allenai/tulu-v2-sft-mixture", eval_splits=(), eval_task="mmlu",
+        held_out=_INSTRUCTION_HELD_OUT,
         notes="rows with dataset == 'flan_v2' (50,000) of the Tulu v2 SFT mixture",
+    ),
+    TaskSpec(
+        name="flan_cot", family="instruction", metrics=("mmlu_accuracy", "heldout_loss", "cot_accuracy"),
+        primary_metric="mmlu_accuracy", table_scale=100.0, hub_id=None,
+        label="FLAN v2 CoT source files (AQuA, QASC, StrategyQA)",
+        # One folder: {aqua,qasc,strategyqa}_train.tsv, as google-research/FLAN releases them.
+        local_files=MappingProxyType({"train": "flan_v2/cot_data"}),
+        eval_splits=(), eval_task="mmlu",
+        held_out=HeldOut(n=100, by="source", seed=0, key=("instruction", "input")),
+        notes="FLAN v2 chain-of-thought source files (AQuA, QASC, StrategyQA), not the templated "
+              "FLAN v2 mixture; local only; 100 rows of each source held out (cot_accuracy)",
     ),
     TaskSpec(
         name="mmlu", family="mmlu", metrics=("accuracy",), primary_metric="accuracy",
