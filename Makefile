@@ -51,7 +51,7 @@ small-llm: venv
 
 # Not part of `make small-llm`: the learning-rate search behind its rates (experiment table4_lr).
 small-llm-lr-search: venv
-	for m in full_ft lora_qv lora lora_fa; do $(RUN) experiment=small/table4_lr/$$m || exit 1; done
+	for m in lora_fa lora lora_qv full_ft; do $(RUN) experiment=small/table4_lr/$$m || exit 1; done
 
 # The paper-scale path rehearsed without a GPU or the hub (experiments/dry_run.py): each distinct
 # model x task x method point of every paper experiment, one step; results/dry-run/summary.csv.

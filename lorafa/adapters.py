@@ -76,7 +76,9 @@ def keep_mask(shape, keep: float, device: torch.device, seed: int) -> torch.Tens
     the dA product it skips. Drawing one 64-bit random number per four elements and
     comparing 15-bit lanes is about 4x cheaper on CPU than bernoulli_ and stays in int16,
     whose product with a float tensor is fast (a bool mask is not, on CPU). The keep
-    probability is quantised to 2⁻¹⁵ (see effective_keep).
+    probability is quantised to 2⁻¹⁵ (see effective_keep). Apply it with `masked`: a float
+    tensor times an int16 one is a slow mixed-dtype loop on CPU (SmolLM2's shapes: 3.2 ns an
+    element, against 0.1 to convert the mask and 0.1 to multiply two floats).
     """
     gen = torch.Generator(device=device)
     gen.manual_seed(seed)
@@ -85,6 +87,28 @@ def keep_mask(shape, keep: float, device: torch.device, seed: int) -> torch.Tens
     lanes = bits.view(torch.int16)[:numel].view(shape)
     # random_ leaves the top bit of each int64 zero, so only the low 15 bits of a lane are used.
     return lanes.bitwise_and_(2**_MASK_BITS - 1).lt_(round(keep * 2**_MASK_BITS))
+
+
+def masked(t: torch.Tensor, mask: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+    """t · mask for keep_mask's int16 0/1 mask, multiplied in t's dtype (see keep_mask)."""
+    mask = mask.to(t.dtype)
+    return t.mul_(mask) if inplace else t * mask
+
+
+class DropoutMask(torch.autograd.Function):
+    """h · mask for plain LoRA on a CPU: backward keeps the int16 mask, as `h * mask` would,
+    but both products run in h's dtype (see keep_mask); autograd's own mixed-dtype product
+    costs more than the rest of the adapter."""
+
+    @staticmethod
+    def forward(ctx, h, mask):
+        ctx.save_for_backward(mask)
+        return masked(h, mask)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (mask,) = ctx.saved_tensors
+        return masked(grad, mask), None
 
 
 class LoRAFAFunction(torch.autograd.Function):
@@ -110,21 +134,26 @@ class LoRAFAFunction(torch.autograd.Function):
                 compute_dtype):
         if lora_a.requires_grad:
             raise RuntimeError("LoRA-FA needs A frozen (requires_grad=False): dA would need the input x, which it does not keep")
-        if base_out is None:
+        owned = base_out is None  # the base product is ours: the adapter's term can be added in place
+        if owned:
             base_out = F.linear(x, weight, bias)  # under autocast exactly as the base layer would run
         keep = effective_keep(dropout)
         scale = scaling / keep if seed is not None else scaling
         xc = x.to(compute_dtype)
         if seed is not None:
-            xc = xc * keep_mask(x.shape, keep, x.device, seed)
+            xc = masked(xc, keep_mask(x.shape, keep, x.device, seed))
         a = lora_a.to(compute_dtype)
         b = lora_b.to(compute_dtype)
         xa = F.linear(xc, a)  # (..., r): the only activation kept
         del xc
         d_out = base_out.shape[-1]
         if base_out.dtype == compute_dtype:  # one fused kernel: base_out + scale · xa·Bᵀ
-            out = torch.addmm(base_out.reshape(-1, d_out), xa.reshape(-1, xa.shape[-1]), b.t(), alpha=scale)
-            out = out.view(base_out.shape)
+            if owned:  # in place: out-of-place addmm first copies base_out (a b×s×d_out pass)
+                out = base_out
+                out.view(-1, d_out).addmm_(xa.reshape(-1, xa.shape[-1]), b.t(), alpha=scale)
+            else:
+                out = torch.addmm(base_out.reshape(-1, d_out), xa.reshape(-1, xa.shape[-1]), b.t(), alpha=scale)
+                out = out.view(base_out.shape)
         else:
             out = base_out + (F.linear(xa, b) * scale).to(base_out.dtype)
         ctx.save_for_backward(xa, weight, lora_a, lora_b)
@@ -147,7 +176,7 @@ class LoRAFAFunction(torch.autograd.Function):
             if weight is None:  # the base layer's backward supplies its own part of dx
                 dx = torch.mm(dxa, a)
                 if ctx.seed is not None:
-                    dx.mul_(keep_mask(dx.shape, ctx.keep, dx.device, ctx.seed))
+                    masked(dx, keep_mask(dx.shape, ctx.keep, dx.device, ctx.seed), inplace=True)
             else:
                 bd = ctx.base_dtype
                 dx = torch.mm(g.to(bd), weight.to(bd))
@@ -156,7 +185,7 @@ class LoRAFAFunction(torch.autograd.Function):
                 else:
                     dx_adapter = torch.mm(dxa, a)
                     if ctx.seed is not None:
-                        dx_adapter.mul_(keep_mask(dx_adapter.shape, ctx.keep, dx.device, ctx.seed))
+                        masked(dx_adapter, keep_mask(dx_adapter.shape, ctx.keep, dx.device, ctx.seed), inplace=True)
                     dx.add_(dx_adapter.to(bd))
             grad_x = dx.view(ctx.x_shape).to(ctx.x_dtype)
         grad_base = grad_out if ctx.needs_input_grad[1] else None
@@ -272,7 +301,7 @@ class LoraLayer(nn.Module):
         if training_dropout and h.device.type == "cpu":
             # the 0/1 int16 mask is what backward keeps; 1/keep is folded into the scalar
             keep = effective_keep(self.dropout)
-            h, scaling = h * keep_mask(h.shape, keep, h.device, draw_seed()), scaling / keep
+            h, scaling = DropoutMask.apply(h, keep_mask(h.shape, keep, h.device, draw_seed())), scaling / keep
         elif training_dropout:
             h = F.dropout(h, self.dropout, training=True)
         return out + (self.lora_B(self.lora_A(h)) * scaling).to(out.dtype)

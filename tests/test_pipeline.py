@@ -125,6 +125,14 @@ def test_base_model_on_an_instruction_task_is_evaluation_only(tmp_path):
     check_provenance(rec)
 
 
+def test_cot_max_examples_zero_skips_generation(tmp_path):
+    """The learning-rate search scores the held-out loss alone: cot_max_examples=0 generates nothing."""
+    rec = run_tiny(tmp_path, "flan_cot", "tiny-llama", method="base",
+                   extra=[*COT_FAST, "data.mmlu_subjects=[]", "++data.cot_max_examples=0"])
+    assert rec.status == "ok", rec.error
+    assert set(rec.metrics) == {"heldout_loss", "heldout_tokens", "heldout_n"}
+
+
 def test_bf16_autocast_on_the_cpu(tmp_path):
     """The paper's precision (bf16) through Trainer's CPU autocast, on a tiny model: the path a
     GPU run takes, which the dry run maps to fp32 on CPUs without bf16 units (lorafa.dryrun)."""

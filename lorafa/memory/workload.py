@@ -17,9 +17,14 @@ from lorafa.models import build_model
 from lorafa.validation import require
 
 
-def prepare_model(point: MemoryPoint, *, dtype: str = "bfloat16", device: str = "meta"):
-    """The paper-setting model of `point`: 16-bit weights, adapters per its method, options applied."""
-    model = build_model(point.model, device=device, dtype=dtype, attn_implementation=point.attn_implementation)
+def prepare_model(point: MemoryPoint, *, dtype: str = "bfloat16", device: str = "meta", model=None):
+    """The paper-setting model of `point`: 16-bit weights, adapters per its method, options applied.
+
+    model: the point's architecture with pretrained weights, loaded by the caller (the small
+    scale measures SmolLM2 this way); None: built from the spec, randomly initialised.
+    """
+    if model is None:
+        model = build_model(point.model, device=device, dtype=dtype, attn_implementation=point.attn_implementation)
     if point.quantization == "nf4":
         quantize_nf4(model)
     if point.method == "full_ft":

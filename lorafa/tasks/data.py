@@ -41,7 +41,7 @@ class DataSpec:
     mmlu_subjects (null: all 57; []: no MMLU), mmlu_k (shots), mmlu_max_examples (per subject,
         null: all), mmlu_split: the MMLU evaluation after instruction tuning, or of a base model.
     cot_max_examples: held-out rows scored by generation (cot_accuracy; flan_cot), the first N of
-        the held-out set, which alternates sources (null: all); cot_max_new_tokens: its greedy
+        the held-out set, which alternates sources (null: all; 0: none); cot_max_new_tokens: its greedy
         generation's length limit.
     """
 
@@ -68,8 +68,9 @@ class DataSpec:
             require_int(f"data.{name}", getattr(self, name))
         require_int("data.mmlu_k", self.mmlu_k, minimum=0)
         require_int("data.eval_from_train", self.eval_from_train, minimum=0, allow_none=True)
-        for name in ("max_train_samples", "max_eval_samples", "mmlu_max_examples", "cot_max_examples"):
+        for name in ("max_train_samples", "max_eval_samples", "mmlu_max_examples"):
             require_int(f"data.{name}", getattr(self, name), allow_none=True)
+        require_int("data.cot_max_examples", self.cot_max_examples, minimum=0, allow_none=True)  # 0: no generation
         for name in ("train_split", "mmlu_split"):
             require_type(f"data.{name}", getattr(self, name), (str, type(None)))
         for name, empty in (("eval_splits", False), ("mmlu_subjects", True)):

@@ -262,7 +262,7 @@ def instruction_final_eval(task, tokenizer, held_out, data, batch_size: int, pro
         metrics = {}
         if tokenized is not None:
             metrics.update(response_loss(model, tokenized, batch_size, pad_id, progress))
-            if "cot_accuracy" in task.metrics:
+            if "cot_accuracy" in task.metrics and data.cot_max_examples != 0:
                 metrics.update(evaluate_cot(model, tokenizer, held_out, data.cot_max_new_tokens, batch_size,
                                             data.cot_max_examples, progress))
         if mmlu is not None:
