@@ -117,30 +117,72 @@ def build_table3(records: pd.DataFrame) -> pd.DataFrame:
 
 # ---- Table 4: LLaMA, MMLU after instruction tuning -------------------------------------------
 
+# Our dataset -> the paper's whose row stands beside it: the FLAN v2 CoT source files (offline)
+# are compared with the paper's FLAN v2 mixture, under their own name.
+PAPER_DATA = {"flan_cot": "flanv2"}
+# Measures beside the paper's MMLU where records have them (lorafa.tasks.instruct): the held-out
+# response loss (nats per token, lower is better) and chain-of-thought answer accuracy (x100).
+HELDOUT, COT = "Held-out loss", "CoT acc."
+P_DATA_LABEL = {"flanv2": "FLAN v2 (the templated mixture, 50k rows)"}
+EXTRA_COLUMNS = ((HELDOUT, metric("heldout_loss"), min), (COT, metric("cot_accuracy", 100.0), max))
+
+
+def _extra_cells(ids: dict, runs: pd.DataFrame, chosen) -> list[dict]:
+    """The held-out measures of the setting MMLU chose (the paper's criterion), or of the best
+    setting by the measure itself where MMLU was not run; none where no record has the measure."""
+    cells = []
+    for column, value, best in EXTRA_COLUMNS:
+        if runs.empty or not any(value(m) is not None for m in runs["metrics"]):
+            continue
+        candidates = [s for s in settings(runs, value) if s.eligible]
+        same = [s for s in candidates if chosen is not None and s.key == chosen.key]
+        if not (same or candidates):
+            cells.append(table_cell({**ids, "column": column}, note=missing_reason(runs, value)))
+            continue
+        pick = same[0] if same else best(candidates, key=lambda s: s.mean)
+        cells.append(table_cell({**ids, "column": column}, pick.mean, pick.std, len(pick.values), pick.key))
+    return cells
+
+
+def _table4_rows(ids: dict, mine: pd.DataFrame, paper: dict, base_mmlu) -> list[dict]:
+    """# TPs, MMLU, its gain over the base model and the held-out measures of one (data, method)."""
+    mmlu = task_value("alpaca")  # every row is scored on the instruction tasks' MMLU metric
+    cell, best = _best_cell({**ids, "column": "MMLU"}, mine, mmlu, paper.get("MMLU"))
+    gain = cell["ours"] - base_mmlu if None not in (cell["ours"], base_mmlu) else None
+    note = cell["note"] or ("" if gain is not None else "no base-model record with MMLU")
+    return [_tps_cell({**ids, "column": TPS}, mine, paper.get(TPS)), cell,
+            table_cell({**ids, "column": "Gain"}, gain, paper=paper.get("Gain"), note=note),
+            *_extra_cells(ids, mine, best)]
+
+
 def build_table4(records: pd.DataFrame) -> pd.DataFrame:
+    """Per model: for each dataset, the base model's row (where it was scored on that dataset's
+    held-out rows) and each method's; then the base model's MMLU row (task mmlu)."""
     runs = runs_of(records, "table4")
-    mmlu = task_value("alpaca")  # every row, the base model's too, is scored on the instruction tasks' MMLU metric
-    tuned = runs[runs["task"] != "mmlu"]
+    mmlu = task_value("alpaca")
     rows = []
     for model, pm, _ in dict.fromkeys((m, pm, "") for m, pm, _ in row_keys(runs, [(k[0], k[2]) for k in P.TABLE4])):
-        base_runs = runs[(runs["model"] == model) & (runs["task"] == "mmlu")]
-        base, _ = _best_cell({"model": model, "paper_model": pm, "task": "mmlu", "method": "base",
-                              "column": "MMLU"}, base_runs, mmlu, P.TABLE4_BASE_MMLU if pm == "LLaMA-7B" else None)
-        mine_model = tuned[tuned["model"] == model]
-        datasets = list(dict.fromkeys([k[1] for k in P.TABLE4] + list(mine_model["task"])))
+        of_model = runs[runs["model"] == model]
+        base_all = of_model[of_model["method"] == "base"]
+        base, _ = _best_cell({"model": model, "paper_model": pm, "task": "mmlu", "method": "base", "column": "MMLU"},
+                             base_all, mmlu, P.TABLE4_BASE_MMLU if pm == "LLaMA-7B" else None)
+        tuned = of_model[of_model["task"] != "mmlu"]
+        ours = list(dict.fromkeys(tuned["task"]))
+        datasets = [d for d in dict.fromkeys([k[1] for k in P.TABLE4] + ours)
+                    if not (d in PAPER_DATA.values() and d not in ours and
+                            any(PAPER_DATA.get(o) == d for o in ours))]  # the paper's, unless ours replaces it
         for data in datasets:
-            methods = [k[2] for k in P.TABLE4 if k[0] == pm and k[1] == data]
-            methods += sorted(set(mine_model.loc[mine_model["task"] == data, "method"]) - set(methods), key=method_key)
+            paper_data = PAPER_DATA.get(data, data)
+            methods = [k[2] for k in P.TABLE4 if k[0] == pm and k[1] == paper_data]
+            methods += sorted(set(tuned.loc[tuned["task"] == data, "method"]) - set(methods) - {"base"}, key=method_key)
+            data_base = tuned[(tuned["task"] == data) & (tuned["method"] == "base")]
+            if len(data_base):
+                ids = {"model": model, "paper_model": pm, "task": data, "method": "base"}
+                rows += [{**base, **ids}] + _extra_cells(ids, data_base, None)
             for method in methods:
                 ids = {"model": model, "paper_model": pm, "task": data, "method": method}
-                mine = mine_model[(mine_model["task"] == data) & (mine_model["method"] == method)]
-                paper = P.TABLE4.get((pm, data, method), {})
-                rows.append(_tps_cell({**ids, "column": TPS}, mine, paper.get(TPS)))
-                cell, _ = _best_cell({**ids, "column": "MMLU"}, mine, mmlu, paper.get("MMLU"))
-                rows.append(cell)
-                gain = cell["ours"] - base["ours"] if None not in (cell["ours"], base["ours"]) else None
-                note = cell["note"] or ("" if gain is not None else "no base-model record (task mmlu)")
-                rows.append(table_cell({**ids, "column": "Gain"}, gain, paper=paper.get("Gain"), note=note))
+                mine = tuned[(tuned["task"] == data) & (tuned["method"] == method)]
+                rows += _table4_rows(ids, mine, P.TABLE4.get((pm, paper_data, method), {}), base["ours"])
         rows.append(base)
     return tidy_frame(rows)
 
@@ -211,7 +253,7 @@ def _wide(df: pd.DataFrame, ids: list[str], digits: int) -> str:
         key = dict(zip(ids, key))
         cells = {row["column"]: row for _, row in g.iterrows()}
         label = [key["model"], *[key[i] for i in ids if i not in ("model", "method")], method_label(key["method"])]
-        digits_of = {TPS: 2}
+        digits_of = {TPS: 2, HELDOUT: 3}
         body.append(label + ["ours"] + [fmt_ours(cells[c], digits_of.get(c, digits)) if c in cells else ""
                                         for c in columns])
         body.append([""] * len(label) + ["paper"] + [
@@ -234,7 +276,13 @@ def markdown_table(name: str, df: pd.DataFrame) -> str:
     if name in ("table2", "table3"):
         return lines + _wide(df, ["model", "method"], 1)
     if name == "table4":
-        return lines + _wide(df, ["model", "task", "method"], 1)
+        note = "".join(f"{t}: ours are {get_task(t).label or t}; the paper's row beside it is its {P_DATA_LABEL.get(p, p)}.\n"
+                       for t, p in PAPER_DATA.items() if t in set(df["task"]))
+        if {HELDOUT, COT} & set(df["column"]):
+            note += ("Held-out loss: mean cross-entropy per response token on held-out rows of the dataset tuned on "
+                     "(nats, lower is better); CoT acc.: greedy chain-of-thought answers to held-out questions, "
+                     "scored by lorafa.tasks.cot's rule (x100). The paper reports neither.\n")
+        return lines + (note + "\n" if note else "") + _wide(df, ["model", "task", "method"], 1)
     if name == "table5":
         return lines + table5_markdown(df)
     key = "init_a" if name == "table6" else "alpha"

@@ -120,9 +120,37 @@ model,paper_model,task,method,column,ours,ours_std,n_seeds,lr,r,paper,paper_std,
 llama-7b,LLaMA-7B,mmlu,base,MMLU,35.0,,1,,,35.1,,-0.1,
 """
     gain = df[(df.model == "tiny-llama") & (df.task == "flanv2") & (df.method == "lora_fa") & (df.column == "Gain")]
-    assert gain.iloc[0].note == "no base-model record (task mmlu)"
+    assert gain.iloc[0].note == "no base-model record with MMLU"
     assert df[(df.model == "tiny-llama") & (df.method == "base")].iloc[0].note == "not run"
 
+
+
+def test_table4_small_scale_held_out_measures_and_base_rows_per_dataset():
+    """SmolLM2 rows: the base model scored on each dataset's held-out rows, its MMLU from the Alpaca
+    base run; seeds give a mean and spread; flan_cot stands beside the paper's FLAN v2 row."""
+    def smol(task, method, seed=0, loss=None, cot=None, mmlu=None):
+        metrics = {k: v for k, v in (("heldout_loss", loss), ("cot_accuracy", cot), ("mmlu_accuracy", mmlu))
+                   if v is not None}
+        tuned = method != "base"
+        return run(experiment="table4", model="smollm2-135m", task=task, method=method, seed=seed,
+                   lr=1e-3 if tuned else None, r=16 if tuned else None, metrics=metrics,
+                   trainable_params=2_500_000 if tuned else 0)
+    df = tables.build_table4(frame(
+        smol("alpaca", "base", loss=1.9, mmlu=0.26), smol("flan_cot", "base", loss=2.4, cot=0.20),
+        smol("flan_cot", "lora_fa", 0, 1.20, 0.30, 0.27), smol("flan_cot", "lora_fa", 1, 1.30, 0.34, 0.25),
+        smol("alpaca", "lora", 0, 1.70, None, 0.24)))
+    cells = {(r.task, r.method, r.column): r for r in df.itertuples()}
+    fa = lambda column: cells[("flan_cot", "lora_fa", column)]  # noqa: E731
+    assert (fa("Held-out loss").ours, fa("Held-out loss").n_seeds) == (1.25, 2)
+    assert fa("Held-out loss").ours_std == 0.0707  # sample std, rounded to 4 places as every cell
+    assert fa("CoT acc.").ours == 32.0 and fa("MMLU").ours == 26.0 and fa("Gain").ours == 0.0
+    assert fa("MMLU").paper == 44.0  # the paper's FLAN v2 LoRA-FA row
+    assert cells[("flan_cot", "base", "Held-out loss")].ours == 2.4 and cells[("flan_cot", "base", "CoT acc.")].ours == 20.0
+    assert cells[("alpaca", "base", "Held-out loss")].ours == 1.9 and cells[("alpaca", "base", "MMLU")].ours == 26.0
+    assert ("alpaca", "lora", "CoT acc.") not in cells  # Alpaca has no CoT questions
+    assert not any(task == "flanv2" for task, _, _ in cells)  # replaced by flan_cot, not left empty
+    md = tables.markdown_table("table4", df)
+    assert "flan_cot: ours are FLAN v2 CoT source files" in md and "| Held-out loss |" in md
 
 def test_table5_memory_oom_and_sources():
     gb = 2**30
