@@ -21,6 +21,13 @@ def test_sweep_jobs_expand_like_hydra_multirun():
     assert ["experiment=mini/fig6", "method=lora_fa", "rank=32", "trainer.lr=0.002"] in jobs
 
 
+def test_the_small_llm_suite_is_table4_on_smollm2_base_model_first():
+    jobs = [job for exp in demo.SUITES["small-llm"] for job in demo.sweep_jobs(ROOT / "conf", f"small/{exp}")]
+    assert len(jobs) == 2 + 2 * 4 + 2 * 2  # base on both tasks, 4 methods x 2 tasks, 2 seeds x LoRA / LoRA-FA
+    assert jobs[0] == ["experiment=small/table4_base", "task=alpaca", "method=base"]
+    assert ["experiment=small/table4_seeds", "task=flan_cot", "method=lora_fa", "seed=2"] in jobs
+
+
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs two cores to share")
 def test_training_leaves_a_core_to_the_running_simulation():
     before = torch.get_num_threads()
@@ -45,7 +52,7 @@ def test_an_interrupted_suite_keeps_the_timing_of_its_part(tmp_path, monkeypatch
 
     monkeypatch.setenv("LORAFA_RESULTS_DIR", str(tmp_path))
 
-    def two_runs_then_sigterm(root, background, scale, counts):
+    def two_runs_then_sigterm(root, background, scale, counts, suite=None):
         counts.update(jobs=5, trained=2)
         os.kill(os.getpid(), signal.SIGTERM)  # demo.main turns it into SystemExit(143)
         return counts

