@@ -200,6 +200,8 @@ def _describe(spec: RunSpec, world_size: int) -> dict[str, Any]:
                "gradient_checkpointing": spec.trainer.gradient_checkpointing}
     if world_size > 1:
         options["world_size"] = world_size
+    if spec.trainer.grad_accum > 1:  # batch_size is the micro-batch: the optimizer's batch is this many times it
+        options["grad_accum"] = spec.trainer.grad_accum
     if spec.dry_run:
         options["dry_run"] = True
     return dict(experiment=spec.experiment, scale=spec.scale, model=spec.model.name, task=spec.task,
