@@ -29,7 +29,7 @@ LOGGERS = ("none", "wandb")
 
 
 # Fields added after records existed: left out of the hash at these defaults (RunSpec.config).
-LATER_FIELDS = {"trainer": {"group_by_length": False, "selective_recompute": False},
+LATER_FIELDS = {"trainer": {"group_by_length": False, "batch_rebalance": False, "selective_recompute": False},
                 "data": {"cot_max_examples": None, "cot_max_new_tokens": 128}}
 
 

@@ -21,8 +21,10 @@ import os
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers import Seq2SeqTrainer, Seq2SeqTrainingArguments, Trainer, TrainingArguments
+from transformers.trainer_pt_utils import BatchRebalanceSampler
 from transformers.trainer_utils import get_last_checkpoint
 
 from lorafa.callbacks import CudaPeakMemory, DivergenceGuard, EvalHistory, GracefulStop, StepTimer, eval_metrics
@@ -50,6 +52,12 @@ class TrainSettings:
     SIGTERM only); group_by_length: batch training examples of similar length together
     (transformers' LengthGroupedSampler) and evaluate in order of length, so that dynamic
     padding pads little (2-3x fewer tokens on GLUE's short sentences; the CPU scales use it);
+    batch_rebalance: each optimizer batch a random draw of batch_size x grad_accum examples,
+    split into grad_accum micro-batches of similar length (transformers' BatchRebalanceSampler):
+    less padding than random batches, and, unlike group_by_length, the gradient of the random
+    batch, since the loss is normalised over the whole optimizer batch (causal LMs and sequence
+    classification; see batch_normalised_loss); evaluation in order of length, as with
+    group_by_length;
     selective_recompute: recompute norms, gated MLP activations and the causal-LM loss in
     backward instead of keeping their intermediates (lorafa.recompute; same gradients).
     """
@@ -74,6 +82,7 @@ class TrainSettings:
     report_to: list[str] = field(default_factory=list)
     save_steps: int | None = None
     group_by_length: bool = False
+    batch_rebalance: bool = False
     selective_recompute: bool = False
 
     def __post_init__(self) -> None:
@@ -97,6 +106,10 @@ class TrainSettings:
         require_choice("trainer.lr_scheduler", self.lr_scheduler, LR_SCHEDULERS)
         require_type("trainer.gradient_checkpointing", self.gradient_checkpointing, (bool,))
         require_type("trainer.group_by_length", self.group_by_length, (bool,))
+        require_type("trainer.batch_rebalance", self.batch_rebalance, (bool,))
+        if self.group_by_length and self.batch_rebalance:
+            raise ValueError("trainer.group_by_length and trainer.batch_rebalance are two ways to order the "
+                             "training examples: set one of them")
         require_type("trainer.selective_recompute", self.selective_recompute, (bool,))
         require_type("trainer.report_to", self.report_to, (list, tuple))
         require(all(isinstance(r, str) for r in self.report_to), "trainer.report_to", self.report_to,
@@ -172,17 +185,28 @@ class _TrainableCheckpointMixin:
             raise ValueError(f"checkpoint holds parameters this model lacks: {load_result.unexpected_keys[:5]}")
 
 
+LENGTH_AWARE = ("group_by_length", "batch_rebalance")
+
+
 class _LengthOrderedEvalMixin:
-    """With group_by_length, transformers also groups evaluation batches by length, but within
+    """With group_by_length (or batch_rebalance), transformers also groups evaluation batches by length, but within
     random chunks of len // (4 * batch size) batches: for a GLUE dev set and a batch of 128 that
     is one batch, i.e. no grouping. build_trainer puts evaluation sets in order of length
     (by_length), so reading them in order pads least."""
 
     def _get_eval_sampler(self, eval_dataset):
-        if self.args.train_sampling_strategy == "group_by_length" and self.args.world_size <= 1 \
+        if self.args.train_sampling_strategy in LENGTH_AWARE and self.args.world_size <= 1 \
                 and eval_dataset is not None:
             return torch.utils.data.SequentialSampler(eval_dataset)
         return super()._get_eval_sampler(eval_dataset)
+
+    def _get_train_sampler(self, train_dataset=None):
+        sampler = super()._get_train_sampler(train_dataset)
+        if isinstance(sampler, BatchRebalanceSampler):
+            # transformers builds it with its own fixed seed (42): every run would draw the same
+            # batches, and trainer.seed would not vary the data order as it does for the others.
+            sampler.seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        return sampler
 
 
 class CheckpointTrainer(_TrainableCheckpointMixin, _LengthOrderedEvalMixin, Trainer):
@@ -221,6 +245,29 @@ def _warn_unsharded(trainer) -> None:
                           f"{trainer.args.device.type}; training runs unsharded (DDP)", stacklevel=3)
 
 
+def sampling_strategy(settings: TrainSettings) -> str:
+    if settings.batch_rebalance:
+        return "batch_rebalance"
+    return "group_by_length" if settings.group_by_length else "random"
+
+
+def batch_normalised_loss(outputs, labels, num_items_in_batch=None):
+    """A sequence classifier's loss summed over its examples and divided by the examples of the
+    whole optimizer batch (the Trainer's num_items_in_batch), so micro-batches of unequal size
+    (batch_rebalance) add up to the optimizer batch's mean. The models' own loss is the mean of
+    their micro-batch, which would weigh an example by 1/(its micro-batch's size). Regression
+    (one output, float labels: STS-B) is MSE, as in the models."""
+    logits = outputs["logits"] if isinstance(outputs, dict) else outputs[0]
+    if logits.shape[-1] == 1 and labels.is_floating_point():
+        total = F.mse_loss(logits.squeeze(-1), labels.to(logits.dtype), reduction="sum")
+    else:
+        total = F.cross_entropy(logits.view(-1, logits.shape[-1]), labels.view(-1), reduction="sum", ignore_index=-100)
+    count = num_items_in_batch if num_items_in_batch is not None else labels.ne(-100).sum()
+    if torch.is_tensor(count):
+        count = count.to(total.device)
+    return total / count
+
+
 def training_arguments(settings: TrainSettings, output_dir: str, run_name: str, seq2seq: bool,
                        has_eval: bool) -> TrainingArguments:
     kwargs = dict(
@@ -238,7 +285,7 @@ def training_arguments(settings: TrainSettings, output_dir: str, run_name: str, 
         save_total_limit=1 if settings.save_steps else None,
         report_to=settings.report_to or "none",
         include_num_input_tokens_seen=True, dataloader_num_workers=0,
-        train_sampling_strategy="group_by_length" if settings.group_by_length else "random",
+        train_sampling_strategy=sampling_strategy(settings),
         use_cpu=not torch.cuda.is_available(),
     )
     if world()[1] > 1 and not torch.cuda.is_available():
@@ -253,7 +300,7 @@ def build_trainer(model: nn.Module, tokenizer, settings: TrainSettings, prepared
                   callbacks: list | None = None) -> tuple[Trainer, Monitors]:
     """The Trainer of a prepared task (lorafa.tasks.data.PreparedTask) and its monitors."""
     monitors = Monitors()
-    if settings.group_by_length:
+    if settings.group_by_length or settings.batch_rebalance:
         prepared.evals = {suffix: by_length(dataset) for suffix, dataset in prepared.evals.items()}
     first_eval = next(iter(prepared.evals.values()), None)
     args = training_arguments(settings, output_dir, run_name, prepared.generates, has_eval=first_eval is not None)
@@ -262,6 +309,12 @@ def build_trainer(model: nn.Module, tokenizer, settings: TrainSettings, prepared
                           data_collator=prepared.collator, processing_class=tokenizer,
                           compute_metrics=prepared.compute_metrics, callbacks=[*monitors.callbacks(), *(callbacks or [])])
     trainer.model_accepts_loss_kwargs = trainer.model_accepts_loss_kwargs and loss_takes_num_items(model)
+    if settings.batch_rebalance and settings.grad_accum > 1 and not trainer.model_accepts_loss_kwargs:
+        if prepared.generates:
+            raise ValueError("trainer.batch_rebalance needs a loss normalised over the optimizer batch: causal "
+                             "LMs and sequence classifiers have one; a sequence-to-sequence model's is the mean of "
+                             "each micro-batch (set trainer.grad_accum=1 or batch_rebalance=false)")
+        trainer.compute_loss_func = batch_normalised_loss
     _warn_unsharded(trainer)
     return trainer, monitors
 

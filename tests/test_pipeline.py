@@ -327,3 +327,61 @@ def test_length_grouping_reorders_batches_not_results(tmp_path):
     assert a["eval_accuracy"] == b["eval_accuracy"] and a["eval_f1"] == b["eval_f1"]
     assert abs(a["eval_loss"] - b["eval_loss"]) < 1e-6
     assert training.by_length(None) is None
+
+
+@pytest.mark.parametrize("task,model", [("glue/mrpc", "tiny-roberta"), ("glue/stsb", "tiny-roberta"),
+                                        ("alpaca", "tiny-llama")])
+def test_batch_rebalance_micro_batches_give_the_random_batchs_gradient(tmp_path, task, model):
+    """trainer.batch_rebalance: an optimizer batch of 8 random examples in 4 micro-batches of
+    similar length (unequal sizes). Accumulated as the Trainer does, their gradient equals the
+    gradient of the 8 as one padded batch: the classifier's loss (batch_normalised_loss) and the
+    causal LM's are normalised over the optimizer batch, not per micro-batch."""
+    import torch
+
+    from lorafa import training
+    from lorafa.recipe import FinetuneRecipe
+    from lorafa.tasks.data import PreparedTask  # noqa: F401  (the collator's contract)
+
+    spec, _ = spec_for(tmp_path, [f"task={task}", f"model={model}", "method=lora", *TINY[model], *FAST,
+                                  "trainer.batch_size=2", "trainer.grad_accum=4", "trainer.batch_rebalance=true",
+                                  "trainer.group_by_length=false", "seed=3", "data.max_length=256"])
+    recipe = FinetuneRecipe(spec, tmp_path / "work")
+    recipe.setup_data()
+    recipe.setup_model()
+    trainer, _ = training.build_trainer(recipe.model, recipe.tokenizer, spec.trainer, recipe.prepared,
+                                        str(tmp_path / "out"), "rebalance")
+    sampler = trainer._get_train_sampler()
+    assert trainer.args.train_sampling_strategy == "batch_rebalance" and sampler.seed == 3
+    steps = list(iter(sampler))
+    steps = [steps[k:k + 4] for k in range(0, len(steps), 4)]
+    micro = next(step for step in steps if len({len(idx) for idx in step}) > 1)  # micro-batches of unequal sizes
+    union = [i for idx in micro for i in idx]
+    assert len(union) == 8 == len(set(union))
+    train, collate, model_ = recipe.prepared.train, recipe.prepared.collator, recipe.model
+    model_.eval()  # no dropout: the two sides see the same function
+    params = [p for p in model_.parameters() if p.requires_grad]
+
+    def grads(batches):
+        shift = task == "alpaca"
+        items = sum((b["labels"][..., 1:] if shift else b["labels"]).ne(-100).sum() for b in batches)
+        model_.zero_grad()
+        for b in batches:
+            loss = trainer.compute_loss(model_, dict(b), num_items_in_batch=items)
+            if not (trainer.model_accepts_loss_kwargs or trainer.compute_loss_func):
+                loss = loss / len(batches)
+            loss.backward()
+        return [p.grad.clone() for p in params]
+
+    accumulated = grads([collate([train[i] for i in idx]) for idx in micro])
+    whole = grads([collate([train[i] for i in union])])
+    for a, w in zip(accumulated, whole):
+        torch.testing.assert_close(a, w, rtol=1e-4, atol=1e-6)
+    if task != "alpaca":
+        assert trainer.compute_loss_func is training.batch_normalised_loss  # the models' own loss is a local mean
+
+
+def test_batch_rebalance_and_group_by_length_exclude_each_other():
+    from lorafa.training import TrainSettings
+
+    with pytest.raises(ValueError, match="set one of them"):
+        TrainSettings(group_by_length=True, batch_rebalance=True)
