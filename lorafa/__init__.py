@@ -25,6 +25,7 @@ _PUBLIC = {
     "save_adapters": "lorafa.io",
     "load_adapters": "lorafa.io",
     "enable_selective_recompute": "lorafa.recompute",
+    "use_lora_fa": "lorafa.peft",
     "activation_report": "lorafa.memory.activations",
     "ActivationReport": "lorafa.memory.activations",
 }

@@ -192,6 +192,23 @@ class LoRAFAFunction(torch.autograd.Function):
         return grad_x, grad_base, None, None, None, grad_b, None, None, None, None
 
 
+def compute_dtype(x: torch.Tensor, adapter_dtype: torch.dtype) -> torch.dtype:
+    """The adapter's matmul dtype: autocast's when autocast is on for x's device, else the adapter's."""
+    device = x.device.type
+    if device in _AUTOCAST_DEVICES and torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return adapter_dtype
+
+
+def corrected_b_grad(grad: torch.Tensor, lora_a: torch.Tensor, scaling: float) -> torch.Tensor:
+    """The 2025 LoRA-FA revision's B-gradient (PEFT's LoraFAOptimizer): the one that best matches
+    full fine-tuning's gradient projected on A's row space, (1/s²) · g_B · (A Aᵀ + 1e-8 I)⁺,
+    in float32. As a gradient hook it works with any optimizer and costs no activation memory."""
+    a = lora_a.detach().float()
+    gram = a @ a.t() + 1e-8 * torch.eye(a.shape[0], device=a.device)
+    return ((grad.float() @ torch.linalg.pinv(gram)) / scaling**2).to(grad.dtype)
+
+
 # --------------------------------------------------------------------------- the layer
 
 def _conv1d_class():
@@ -265,19 +282,11 @@ class LoraLayer(nn.Module):
     def bias(self):
         return getattr(self.base_layer, "bias", None)
 
-    # The 2025 LoRA-FA revision (PEFT's LoraFAOptimizer): the B-gradient that best matches
-    # full fine-tuning's gradient projected on A's row space, (1/s²) · g_B · (A Aᵀ)⁺.
-    # As a gradient hook it works with any optimizer and costs no activation memory.
     def _corrected_b_grad(self, grad: torch.Tensor) -> torch.Tensor:
-        a = self.lora_A.weight.detach().float()
-        gram = a @ a.t() + 1e-8 * torch.eye(a.shape[0], device=a.device)
-        return ((grad.float() @ torch.linalg.pinv(gram)) / self.scaling**2).to(grad.dtype)
+        return corrected_b_grad(grad, self.lora_A.weight, self.scaling)
 
     def _compute_dtype(self, x: torch.Tensor) -> torch.dtype:
-        device = x.device.type
-        if device in _AUTOCAST_DEVICES and torch.is_autocast_enabled(device):
-            return torch.get_autocast_dtype(device)
-        return self.lora_A.weight.dtype
+        return compute_dtype(x, self.lora_A.weight.dtype)
 
     def _owns_base_product(self, args, kwargs) -> bool:
         """A frozen plain nn.Linear whose forward nobody wrapped (hooks, accelerate's offload
