@@ -241,3 +241,15 @@ def test_peft_computes_the_correction_in_bf16_where_available():
     worst = max(((m - their_m).abs().max() / their_m.abs().max()).item()
                 for _, _, _, m, their_m in _b_pairs(theirs, ours, their_opt, our_opt))
     assert 1e-5 < worst < 2e-2  # bf16 keeps 8 bits of mantissa: about 0.4% per rounding
+
+
+def test_bench_peft_tiny_shapes(tmp_path):
+    """benchmarks/bench_peft.py at one layer and 2 x 16 tokens: its CSV has every variant, and the
+    PEFT model after use_lora_fa keeps what lorafa's LoRA-FA keeps, less than PEFT's frozen A."""
+    from benchmarks import bench_peft
+
+    rows = {r["variant"]: r for r in bench_peft.main(["--layers", "1", "--batch", "2", "--seq", "16", "--reps", "1",
+                                                      "--out", str(tmp_path / "peft.csv")])}
+    assert set(rows) == set(bench_peft.VARIANTS) and (tmp_path / "peft.md").is_file()
+    assert rows["peft_use_lora_fa"]["kept_mib"] == rows["lorafa_lora_fa"]["kept_mib"] < rows["peft_frozen_a"]["kept_mib"]
+    assert all(r["step_s"] > 0 for r in rows.values())
