@@ -132,7 +132,11 @@ def rehearsal_weights(spec: ModelSpec, cache: Path) -> tuple[ModelSpec, list[str
     folder = cache / f"{spec.name}-{digest}"
     if not (folder / "config.json").is_file():
         _save_random_model(arch, spec.family, tokenizer, folder)
-    return dataclasses.replace(spec, arch=arch, path=str(folder.resolve()), package=None, tokenizer=None), notes
+    # relative to the checkout where it lies there (models.resolve reads it so): the path is part of
+    # the run's configuration, and so of its hash, which must not depend on the machine
+    folder = folder.resolve()
+    path = folder.relative_to(REPO_ROOT).as_posix() if REPO_ROOT in folder.parents else str(folder)
+    return dataclasses.replace(spec, arch=arch, path=path, package=None, tokenizer=None), notes
 
 
 def rehearsal_tokenizer(spec: ModelSpec):

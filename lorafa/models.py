@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lorafa.paths import REPO_ROOT, data_dir
+from lorafa.paths import REPO_ROOT, data_dir, portable_path
 from lorafa.validation import require, require_choice, require_type
 
 FAMILIES = ("encoder", "seq2seq", "causal")
@@ -318,7 +318,7 @@ def weights_identity(spec: ModelSpec, model=None) -> dict[str, Any]:
     """Where a run's weights came from, for its record: the local directory, the hub id and
     the commit the hub served (transformers keeps it as config._commit_hash), or none."""
     if spec.path:
-        return {"source": "local", "path": str(resolve(spec.path))}
+        return {"source": "local", **portable_path(resolve(spec.path))}
     if spec.package:
         distribution, version = package_version(spec.package)
         if spec.gguf_file:
@@ -326,7 +326,7 @@ def weights_identity(spec: ModelSpec, model=None) -> dict[str, Any]:
 
             return {"source": "package", "package": distribution, "version": version, "file": spec.gguf_file,
                     "sha256": file_sha256(spec.gguf_path), "dequantized_from": quantization(spec.gguf_path)}
-        return {"source": "package", "package": distribution, "version": version, "path": spec.source}
+        return {"source": "package", "package": distribution, "version": version, **portable_path(spec.source)}
     if spec.hub_id:
         commit = getattr(getattr(model, "config", None), "_commit_hash", None)
         return {"source": "hub", "hub_id": spec.hub_id, "revision": commit or spec.revision or "main"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sysconfig
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -34,3 +35,30 @@ def cache_dir() -> Path:
         return Path(env).expanduser().resolve()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base).expanduser() / "lorafa"
+
+
+def _roots() -> list[tuple[Path, str]]:
+    """The folders a recorded path may be relative to, the most specific first."""
+    roots = {Path(sysconfig.get_paths()[k]).resolve(): "site-packages" for k in ("purelib", "platlib")}
+    roots.update({results_dir().resolve(): "results", data_dir(): "data", REPO_ROOT: "checkout"})
+    return sorted(roots.items(), key=lambda item: len(str(item[0])), reverse=True)
+
+
+def portable_path(path: str | os.PathLike) -> dict:
+    """A path as a record keeps it: {"path", "relative_to"}, relative to the installed packages
+    ("site-packages"), the results root ("results"), the data directory ("data") or the
+    checkout ("checkout"), whichever holds it most closely; absolute (relative_to None) if
+    none does. So a committed record says nothing about the machine it was made on."""
+    p = Path(path).expanduser().resolve()
+    for root, name in _roots():
+        if p == root or root in p.parents:
+            return {"path": p.relative_to(root).as_posix(), "relative_to": name}
+    return {"path": str(p), "relative_to": None}
+
+
+def portable_text(text: str) -> str:
+    """`text` (an error message) with those folders written as <site-packages>, <results>,
+    <data>, <checkout>."""
+    for root, name in _roots():
+        text = text.replace(str(root), f"<{name}>")
+    return text

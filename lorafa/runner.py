@@ -10,7 +10,9 @@
    memory, weights, ...); `describe` holds the fields known beforehand (model, task,
    method, r, lr, ...), so that a run that fails still leaves a record saying what it was.
 3. Out of memory is a result (status "oom"); any other exception leaves a "failed" record
-   (the tables say why a cell is empty, and a rerun retries it) and propagates. A
+   (the tables say why a cell is empty, and a rerun retries it: a failure identical to the
+   recorded one, such as data still unavailable offline, is not written again) and propagates.
+   Paths in the error are written relative to the checkout, data, results or packages. A
    `RunInterrupted` (SIGTERM after a checkpoint) leaves no record: the run is unfinished.
 4. `wall_s` is the run's whole wall time: a run resumed after a preemption adds the time of its
    earlier segments (`options.wall_s_before_resume`, kept beside its checkpoint by the recipe).
@@ -27,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from lorafa.paths import portable_text
 from lorafa.provenance import git_commit, git_dirty, package_versions, utc_now
 from lorafa.results import RunRecord, config_hash, find_finished, find_same_run, write_record
 
@@ -44,7 +47,7 @@ def failure_message(err: BaseException) -> str:
     message = f"{type(err).__name__}: {err}".splitlines()[0]
     if isinstance(err, FileNotFoundError):  # a task whose files are not local and whose hub is out of reach
         message = f"data unavailable offline\n{message}"
-    return message
+    return portable_text(message)
 
 
 def run_once(root: str | os.PathLike, config: dict[str, Any], run_id: str, describe: dict[str, Any],
@@ -85,9 +88,16 @@ def run_once(root: str | os.PathLike, config: dict[str, Any], run_id: str, descr
     except Exception as err:
         if is_oom(err):
             _free_cuda_cache()
-            return finish(status="oom", error=str(err).strip().splitlines()[0][:200]), False
+            return finish(status="oom", error=portable_text(str(err).strip().splitlines()[0][:200])), False
+        message = failure_message(err)
+        known = None if force else find_finished(root, digest, ("failed",))
+        if known is not None and known.error == message:
+            # the same failure as recorded (data still unavailable offline): nothing new to write, so
+            # a rerun over finished results leaves the results folder as it was
+            print(f"[lorafa] {run_id}: failed as recorded ({message.splitlines()[-1][:120]})", flush=True)
+            raise
         try:
-            finish(status="failed", error=failure_message(err))
+            finish(status="failed", error=message)
         except OSError as write_err:  # e.g. the disk filled up meanwhile: keep the original error
             print(f"[lorafa] could not write the failed record: {write_err}", flush=True)
         raise
