@@ -191,10 +191,15 @@ def _headlines(results_root: Path) -> list[str]:
                      + ", ".join(f"{m} {row['mean']:.1f} ({int(row['count'])} tasks)" for m, row in means.iterrows()))
     records = load_records(results_root)
     llama = records[(records["experiment"] == "table5") & (records["model"] == "llama-7b")]
-    if not llama.empty:
+    recompute = llama["options"].map(lambda o: bool((o or {}).get("selective_recompute")))
+    for flag, label in ((False, "without recomputation"), (True, "with selective recomputation")):
+        rows = llama[recompute == flag]
+        if rows.empty:
+            continue
         cells = ", ".join(f"{r.method} {r.peak_memory_bytes / 2**30:.1f} GiB{' (> 80 GB: OOM)' if r.status == 'oom' else ''}"
-                          for r in llama.itertuples())
-        lines.append(f"  Table 5 (simulated, batch 16, seq 1024) LLaMA-7B: {cells}; paper: OOM / 76.74 / 61.49 GB")
+                          for r in rows.itertuples())
+        lines.append(f"  Table 5 (simulated, batch 16, seq 1024) LLaMA-7B {label}: {cells}"
+                     + ("; paper: OOM / 76.74 / 61.49 GB" if flag else ""))
     return lines
 
 

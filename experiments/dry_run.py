@@ -34,10 +34,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "experiments"))
+from demo import cpu_model, sweep_jobs  # experiments/ is on the path of its own scripts
 
-from demo import cpu_model, sweep_jobs  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 TRAINING = ("table2", "table2_large", "table3", "table3_base", "table3_large", "table4_base", "table4",
             "table6", "table7", "fig4", "fig6")

@@ -79,3 +79,11 @@ def test_a_new_timing_keeps_the_files_history_and_notes(tmp_path):
     demo.summary(tmp_path, 2.0, {"jobs": 1, "trained": 1, "skipped": 0, "failed": 0}, scale="small")
     kept = json.loads(path.read_text())
     assert [r["wall_s"] for r in kept["runs"]] == [1.0, 2.0] and kept["suite_wall_s"]["value"] == 9.0
+
+
+def test_the_closing_summary_says_which_table5_line_is_with_recomputation():
+    from demo import _headlines
+
+    lines = [line for line in _headlines(ROOT / "results" / "mini") if "Table 5" in line]
+    assert len(lines) == 2 and "without recomputation" in lines[0] and "with selective recomputation" in lines[1]
+    assert "paper: OOM / 76.74 / 61.49 GB" in lines[1] and "paper" not in lines[0]

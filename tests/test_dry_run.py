@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "experiments"))
 
 
 def dry_sweep(tmp_path: Path, *overrides: str) -> list[dict]:
