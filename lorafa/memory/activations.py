@@ -108,6 +108,11 @@ def activation_report(model: nn.Module, **inputs) -> ActivationReport:
         for h in handles:
             h.remove()
 
+    return _report(seen, names)
+
+
+def _report(seen: dict, names: dict[nn.Module, str]) -> ActivationReport:
+    """The report of the saved storages {key: (bytes, owning module, inside an adapter)}."""
     by_module: dict[str, int] = defaultdict(int)
     by_category = dict.fromkeys(CATEGORIES, 0)
     for nbytes, owner, in_adapter in seen.values():
