@@ -167,7 +167,9 @@ def _forward_counting_saved(model: nn.Module, batch: dict, loss_fn: Callable, we
         st = t.untyped_storage()
         if st not in weight_storages:
             saved[st] = st.nbytes()
-        return t
+        # Detached, as in activation_report: a saved output returned as itself makes a cycle
+        # (grad_fn -> saved tensor -> grad_fn) that only Python's gc frees.
+        return t.detach()
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         out = model(**batch)
@@ -194,6 +196,10 @@ def simulate_step(model: nn.Module, make_batch: Callable[[str], dict], *,
     cuda_dropout = _dropout_as_on_cuda() if dropout_as_cuda else contextlib.nullcontext()
     with FakeTensorMode(), _masks_as_on_real_tensors(), cuda_dropout:
         _fakeify(model, device)
+        # _fakeify made new parameter objects: the ids gathered above are stale, and a new
+        # parameter may reuse a freed one's id, by gc's timing (ZeRO-3 points then came out
+        # 16.5-17.3 GB for one configuration, a frozen A sharded or a base weight not).
+        adapters = _is_adapter_param(model)
         tracker = LiveMemory(block=block)
         with tracker:
             weight_storages = _track_weights(tracker, model, adapters, zero_shards, inflight)
