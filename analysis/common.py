@@ -125,6 +125,15 @@ class Setting:
     def std(self) -> float | None:
         return statistics.stdev(self.values) if len(self.values) > 1 else None
 
+    @property
+    def first_seed(self) -> tuple[Any, float] | None:
+        """(the lowest seed, its value), or None where a run has no seed."""
+        seeds = [clean(r.get("seed")) for r in self.runs]
+        if not seeds or None in seeds:
+            return None
+        i = seeds.index(min(seeds))
+        return seeds[i], self.values[i]
+
 
 def settings(runs: pd.DataFrame, value: Callable, keys=SETTING_KEYS) -> list[Setting]:
     """Group runs by setting; within one, the last ok run per seed gives a value."""
@@ -145,9 +154,20 @@ def settings(runs: pd.DataFrame, value: Callable, keys=SETTING_KEYS) -> list[Set
 
 
 def best_setting(runs: pd.DataFrame, value: Callable, keys=SETTING_KEYS) -> Setting | None:
-    """The eligible setting with the highest mean (the first such on ties), or None."""
+    """The eligible setting that scores highest (the first such on ties), or None.
+
+    Settings are compared on their first seed (the lowest, seed 0 of a grid) where every
+    candidate has that seed, else on their means; the cell then reports the chosen setting's
+    mean and std over all its seeds. A grid runs every rate at seed 0 and the chosen rate at
+    more seeds: comparing means would set one lucky seed against the mean of three.
+    """
     candidates = [s for s in settings(runs, value, keys) if s.eligible]
-    return max(candidates, key=lambda s: s.mean) if candidates else None
+    if not candidates:
+        return None
+    firsts = [s.first_seed for s in candidates]
+    if all(f is not None for f in firsts) and len({f[0] for f in firsts}) == 1:
+        return max(candidates, key=lambda s: s.first_seed[1])
+    return max(candidates, key=lambda s: s.mean)
 
 
 def missing_reason(runs: pd.DataFrame, value: Callable | None = None) -> str:

@@ -264,3 +264,18 @@ def test_cli_writes_every_table_and_reports_missing(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "table5:" in out and "table2:" not in out
     assert len(load_records(root / "mini")) == 2
+
+
+def test_a_grid_cell_is_chosen_on_seed_0_and_reports_its_seeds():
+    """The small grids run every rate at seed 0 and the chosen one at seeds 0-2: the cell compares
+    rates on seed 0 (not one lucky seed against a mean of three), then reports mean ± std."""
+    recs = frame(
+        glue("glue/mrpc", 1e-3, 0, {"accuracy": 0.80}),
+        glue("glue/mrpc", 1e-3, 1, {"accuracy": 0.70}),
+        glue("glue/mrpc", 1e-3, 2, {"accuracy": 0.72}),
+        glue("glue/mrpc", 3e-3, 0, {"accuracy": 0.78}),  # its one seed beats 1e-3's mean (74.0), not its seed 0
+        glue("glue/mrpc", 3e-4, 0, {"accuracy": 0.60}),
+    )
+    df = tables.build_table2(recs)
+    cell = df[(df.model == "tiny-roberta") & (df.method == "lora_fa") & (df.column == "MRPC")].iloc[0]
+    assert cell.lr == 1e-3 and cell.n_seeds == 3 and round(cell.ours, 1) == 74.0
