@@ -2,6 +2,7 @@
 #   make demo                 the paper in miniature (CPU, offline)
 #   make test                 the test suite
 #   make small                the GLUE experiments on a real pretrained encoder (CPU, offline, hours)
+#   make small-grids          the small scale's learning-rate grids (Table 2 per cell, Tables 6, 7, Fig. 6; hours)
 #   make small-llm            Table 4 on a real pretrained LLaMA-architecture model (CPU, offline, hours)
 #   make table2 [SCALE=mini|small]  run the missing runs of Table 2's sweep, then build the table
 #   make tables / figures     rebuild every table / figure from results/$(SCALE) (no training)
@@ -18,11 +19,11 @@ RUN := $(PY) experiments/run.py -m
 MEMORY := $(PY) experiments/memory.py -m backend=$(if $(filter mini,$(SCALE)),simulate,$(or $(BACKEND),simulate))
 RESULTS := $(or $(LORAFA_RESULTS_DIR),results)/$(SCALE)
 
-.PHONY: help venv test demo small small-llm small-llm-lr-search small-lr-search dry-run bench-layer gpu-check base-models tables figures clean-venv \
+.PHONY: help venv test demo small small-grids small-llm small-llm-lr-search small-lr-search dry-run bench-layer gpu-check base-models tables figures clean-venv \
         table2 table3 table4 table5 table6 table7 fig2 fig3 fig4 fig5 fig6
 
 help:
-	@sed -n '2,9p' Makefile
+	@sed -n '2,10p' Makefile
 
 # lorafa is installed editable, so scripts import it from anywhere without touching sys.path;
 # its build backend is the venv's own setuptools (torch requires one), so nothing is downloaded.
@@ -48,6 +49,11 @@ small: venv
 # Table 4 on SmolLM2-135M (the small scale's LLaMA); resumable, finished runs skipped.
 small-llm: venv
 	HF_HUB_OFFLINE=1 WANDB_MODE=offline $(PY) experiments/demo.py --scale small --suite small-llm
+
+# The learning-rate grids of the small scale (Table 2 per method and task, Tables 6, 7, Figure 6):
+# resumable, finished runs skipped, timing in results/small/timing.json.
+small-grids: venv
+	HF_HUB_OFFLINE=1 WANDB_MODE=offline $(PY) experiments/demo.py --scale small --suite small-grids
 
 # Not part of `make small-llm`: the learning-rate search behind its rates (experiment table4_lr).
 small-llm-lr-search: venv

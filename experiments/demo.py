@@ -42,6 +42,8 @@ SUITES = {
     "mini": ("table2", "table3", "table4_base", "table4", "table6", "table7", "fig6"),
     "small": ("table2", "table2_lr", "table2_seeds", "table6", "table7", "fig6"),
     "small-llm": ("table4_base", "table4", "table4_seeds"),
+    # the learning-rate grids behind Table 2's small-scale cells and Tables 6, 7 and Figure 6
+    "small-grids": ("grids/table2", "grids/table2_full_ft", "grids/table6", "grids/table7", "grids/fig6"),
 }
 TIMING_FILES = {"mini": "demo_timing.json", "small": "timing.json"}
 MEMORY = ("table5", "fig2a", "fig2b", "fig2c", "fig3", "fig5")

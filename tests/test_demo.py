@@ -87,3 +87,26 @@ def test_the_closing_summary_says_which_table5_line_is_with_recomputation():
     lines = [line for line in _headlines(ROOT / "results" / "mini") if "Table 5" in line]
     assert len(lines) == 2 and "without recomputation" in lines[0] and "with selective recomputation" in lines[1]
     assert "paper: OOM / 76.74 / 61.49 GB" in lines[1] and "paper" not in lines[0]
+
+
+def test_the_small_grids_cover_what_a_fair_comparison_needs():
+    """Table 2: LoRA, LoRA-FA and LoRA-FA corrected at three rates from 3e-4 to 3e-3 on each task,
+    Full-FT at two; Tables 6 and 7 at four rates from 1e-4 to 1e-2 per row; Figure 6 3 ranks x 3
+    rates, one below 1e-3."""
+    def grid(name):
+        rates = {}
+        for job in demo.sweep_jobs(ROOT / "conf", f"small/grids/{name}"):
+            kv = dict(item.split("=", 1) for item in job[1:])
+            key = tuple(v for k, v in sorted(kv.items()) if k != "trainer.lr")
+            rates.setdefault(key, set()).add(float(kv["trainer.lr"]))
+        return rates
+
+    table2 = grid("table2")
+    assert len(table2) == 3 * 6 and all(min(r) <= 3e-4 and max(r) >= 3e-3 and len(r) >= 3 for r in table2.values())
+    assert {k[0] for k in table2} == {"lora", "lora_fa", "lora_fa_corrected"}
+    assert len(grid("table2_full_ft")) == 6 and all(len(r) >= 2 for r in grid("table2_full_ft").values())
+    for name, rows in (("table6", 3), ("table7", 4)):
+        assert len(grid(name)) == rows and all(len(r) >= 4 and min(r) <= 1e-4 and max(r) >= 1e-2
+                                               for r in grid(name).values())
+    fig6 = grid("fig6")
+    assert len(fig6) == 2 * 3 and all(len(r) >= 3 and min(r) < 1e-3 for r in fig6.values())
