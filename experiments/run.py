@@ -19,14 +19,10 @@ from omegaconf import DictConfig, OmegaConf
 
 ROOT = Path(__file__).resolve().parent.parent
 
-from lorafa.config import AdapterConfig
-from lorafa.models import ModelSpec
 from lorafa.paths import results_dir
 from lorafa.recipe import EXIT_PREEMPTED, run
-from lorafa.spec import MethodSpec, RunSpec
-from lorafa.tasks.data import DataSpec
-from lorafa.training import TrainingInterrupted, TrainSettings
-from lorafa.validation import require_known_keys
+from lorafa.spec import RunSpec
+from lorafa.training import TrainingInterrupted
 from config_groups import check_group_choices
 
 CONF = ROOT / "conf"
@@ -37,31 +33,7 @@ GROUPS = ("task", "method", "model", "trainer", "logger", "scale", "experiment")
 
 def to_spec(cfg: DictConfig) -> RunSpec:
     """The Hydra config as plain lorafa objects, every field checked (each class checks its own)."""
-    c = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
-    model = dict(c["model"], **({"dtype": c["model_dtype"]} if c.get("model_dtype") else {}))
-    method = c["method"]
-    trainer = dict(c["trainer"], seed=c["seed"])
-    trainer.update(trainer.pop("by_task", {}).get(c["task"]["name"], {}))  # the scale's per-task settings
-    require_known_keys("trainer", trainer, TrainSettings.__dataclass_fields__)
-    data = dict(c["data"])
-    data.update(data.pop("by_task", {}).get(c["task"]["name"], {}))  # the scale's per-task settings
-    require_known_keys("data", data, DataSpec.__dataclass_fields__)
-    if not data.get("eval_splits"):  # the task config may name its evaluation split(s)
-        data["eval_splits"] = c["task"].get("eval_splits")
-    return RunSpec(
-        model=ModelSpec.from_dict(model),
-        task=c["task"]["name"],
-        method=MethodSpec(name=method["name"], kind=method.get("kind", "adapter"),
-                          adapter=AdapterConfig(**method["adapter"]) if method.get("adapter") else None,
-                          num_virtual_tokens=method.get("num_virtual_tokens", 20)),
-        trainer=TrainSettings(**trainer),
-        data=DataSpec(**data),
-        experiment=c["experiment_name"],
-        scale=c["scale"]["name"],
-        results_root=c["results_dir"] or str(results_dir() / c["scale"]["name"]),
-        logger=c["logger"]["name"],
-        wandb_project=c["logger"].get("project", "lorafa"),
-    )
+    return RunSpec.from_config(OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True))
 
 
 def rehearse(spec: RunSpec, cfg: DictConfig) -> RunSpec:

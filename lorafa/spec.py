@@ -84,6 +84,38 @@ class RunSpec:
     wandb_project: str = "lorafa"
     dry_run: bool = False
 
+    @classmethod
+    def from_config(cls, c: dict[str, Any]) -> RunSpec:
+        """A resolved config (conf/config.yaml as plain data: Hydra's, with OmegaConf.to_container)
+        as a RunSpec. The scale's per-task trainer and data settings (`by_task`) are applied."""
+        from lorafa.paths import results_dir
+        from lorafa.validation import require_known_keys
+
+        model = dict(c["model"], **({"dtype": c["model_dtype"]} if c.get("model_dtype") else {}))
+        method = c["method"]
+        trainer = dict(c["trainer"], seed=c["seed"])
+        trainer.update(trainer.pop("by_task", {}).get(c["task"]["name"], {}))
+        require_known_keys("trainer", trainer, TrainSettings.__dataclass_fields__)
+        data = dict(c["data"])
+        data.update(data.pop("by_task", {}).get(c["task"]["name"], {}))
+        require_known_keys("data", data, DataSpec.__dataclass_fields__)
+        if not data.get("eval_splits"):  # the task config may name its evaluation split(s)
+            data["eval_splits"] = c["task"].get("eval_splits")
+        return cls(
+            model=ModelSpec.from_dict(model),
+            task=c["task"]["name"],
+            method=MethodSpec(name=method["name"], kind=method.get("kind", "adapter"),
+                              adapter=AdapterConfig(**method["adapter"]) if method.get("adapter") else None,
+                              num_virtual_tokens=method.get("num_virtual_tokens", 20)),
+            trainer=TrainSettings(**trainer),
+            data=DataSpec(**data),
+            experiment=c["experiment_name"],
+            scale=c["scale"]["name"],
+            results_root=c["results_dir"] or str(results_dir() / c["scale"]["name"]),
+            logger=c["logger"]["name"],
+            wandb_project=c["logger"].get("project", "lorafa"),
+        )
+
     def __post_init__(self) -> None:
         require_type("dry_run", self.dry_run, (bool,))
         for name in ("task", "experiment", "scale", "results_root", "wandb_project"):
