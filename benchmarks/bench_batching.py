@@ -20,7 +20,6 @@ included, beside the real ones. Writes results/bench/batching.csv and batching.m
 from __future__ import annotations
 
 import argparse
-import csv
 import tempfile
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from tqdm import tqdm
 from lorafa import training
 from lorafa.paths import REPO_ROOT, results_dir
 from lorafa.recipe import FinetuneRecipe
+from lorafa.results import write_benchmark
 from lorafa.spec import RunSpec
 
 # conf/ uses these interpolations; experiments/run.py registers the same for its scripts
@@ -96,15 +96,7 @@ def main(argv=None) -> list[dict]:
     for row in rows:
         base = next(r for r in rows if r["task"] == row["task"] and r["batching"] == "random")
         row["step_vs_random"] = round(row["step_s"] / base["step_s"], 3) if "random" in args.batchings else None
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with open(args.out, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    table = markdown(rows)
-    args.out.with_suffix(".md").write_text(table + "\n")
-    print(table)
-    print(f"\nwrote {args.out} and {args.out.with_suffix('.md')}")
+    write_benchmark(rows, args.out, markdown(rows))
     return rows
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
 import statistics
 import time
 from pathlib import Path
@@ -34,6 +33,7 @@ from transformers import RobertaConfig, RobertaForSequenceClassification
 from lorafa import AdapterConfig, activation_report, add_adapters
 from lorafa.paths import results_dir
 from lorafa.peft import use_lora_fa
+from lorafa.results import write_benchmark
 
 TARGETS = ["query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"]
 VARIANTS = ("peft_lora", "peft_frozen_a", "peft_lorafa_optimizer", "peft_use_lora_fa", "peft_use_lora_fa_corr",
@@ -105,15 +105,7 @@ def main(argv=None) -> list[dict]:
              "kept_mib": round(kept[v] / 2**20, 1), "kept_vs_peft_lora": round(kept[v] / kept["peft_lora"], 3),
              "step_s": round(times[v], 4) if times else None,
              "step_vs_peft_lora": round(times[v] / times["peft_lora"], 3) if times else None} for v in VARIANTS]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    with open(args.out, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    table = markdown(rows)
-    args.out.with_suffix(".md").write_text(table + "\n")
-    print(table)
-    print(f"\nwrote {args.out} and {args.out.with_suffix('.md')}")
+    write_benchmark(rows, args.out, markdown(rows))
     return rows
 
 

@@ -319,3 +319,18 @@ def plain(value):
     if isinstance(value, float) and math.isnan(value):
         return None
     return value
+
+
+def write_benchmark(rows: list[dict[str, Any]], out: str | os.PathLike, table: str) -> None:
+    """A benchmark's rows as a CSV at `out` and its Markdown `table` beside it (.md); prints the table."""
+    import csv
+
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    out.with_suffix(".md").write_text(table + "\n")
+    print(table)
+    print(f"\nwrote {out} and {out.with_suffix('.md')}")
