@@ -77,10 +77,12 @@ def test_an_explicit_model_path_wins_at_mini_scale_and_the_record_names_it(tmp_p
                "trainer.max_steps=2", "data.max_train_samples=32", "data.max_eval_samples=16")
     assert out.returncode == 0, out.stderr[-3000:]
     (rec,) = load_records(tmp_path / "results" / "mini").to_dict("records")
-    assert rec["status"] == "ok" and rec["weights"] == {"source": "local", "path": str(weights)}
+    # outside every folder a record is kept relative to (checkout, data, results, packages): absolute
+    assert rec["status"] == "ok"
+    assert rec["weights"] == {"source": "local", "path": str(weights.resolve()), "relative_to": None}
     assert rec["config"]["model"]["path"] == str(weights) and rec["config_hash"] == config_hash(rec["config"])
     stored = json.loads((tmp_path / "results" / "mini" / "runs" / rec["run_id"] / "record.json").read_text())
-    assert stored["weights"]["path"] == str(weights)
+    assert stored["weights"]["path"] == str(weights.resolve())
     # what trained is that model: the classifier head of width 48 (48·48 + 48 + 48·2 + 2), not tiny-roberta's 128
     assert rec["trainable_params"] < 128 * 128
 
