@@ -1,7 +1,7 @@
 # Every target creates .venv from requirements.txt first if needed.
 #   make demo                 the paper in miniature (CPU, offline)
 #   make test                 the test suite
-#   make small                the GLUE experiments on a real pretrained encoder (CPU, offline, hours)
+#   make small                Table 2 and Fig. 4 on a real pretrained encoder, each cell at its chosen rate (CPU, offline, hours)
 #   make small-grids          the small scale's learning-rate grids (Table 2 per cell, Tables 6, 7, Fig. 6; hours)
 #   make small-llm            Table 4 on a real pretrained LLaMA-architecture model (CPU, offline, hours)
 #   make table2 [SCALE=mini|small]  run the missing runs of Table 2's sweep, then build the table
@@ -15,11 +15,13 @@ PY := $(VENV)/bin/python
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 SCALE ?= paper
 EXP := $(if $(filter paper,$(SCALE)),,$(SCALE)/)
+# At small scale Tables 6, 7 and Figure 6 are learning-rate grids (conf/experiment/small/grids/).
+GRID := $(if $(filter small,$(SCALE)),grids/)
 RUN := $(PY) experiments/run.py -m
 MEMORY := $(PY) experiments/memory.py -m backend=$(if $(filter mini,$(SCALE)),simulate,$(or $(BACKEND),simulate))
 RESULTS := $(or $(LORAFA_RESULTS_DIR),results)/$(SCALE)
 
-.PHONY: help venv test demo small small-grids small-llm small-llm-lr-search small-lr-search dry-run bench-layer gpu-check base-models tables figures clean-venv \
+.PHONY: help venv test demo small small-grids small-llm small-llm-lr-search dry-run bench-layer gpu-check base-models tables figures clean-venv \
         table2 table3 table4 table5 table6 table7 fig2 fig3 fig4 fig5 fig6
 
 help:
@@ -43,6 +45,8 @@ test: venv
 demo: venv
 	HF_HUB_OFFLINE=1 WANDB_MODE=offline $(PY) experiments/demo.py
 
+# Table 2 (and Figure 4) on MiniLM at each cell's rate chosen by small-grids, with 3 seeds on SST-2,
+# CoLA and MRPC; resumable, finished runs skipped.
 small: venv
 	HF_HUB_OFFLINE=1 WANDB_MODE=offline $(PY) experiments/demo.py --scale small
 
@@ -63,12 +67,6 @@ small-llm-lr-search: venv
 # model x task x method point of every paper experiment, one step; results/dry-run/summary.csv.
 dry-run: venv
 	HF_HUB_OFFLINE=1 WANDB_MODE=offline $(PY) experiments/dry_run.py $(if $(ONLY),--only $(ONLY),)
-
-# Optional, not part of `make small`: more learning rates per method on SST-2 and MRPC. Their
-# runs are Table 2 runs (same experiment), so Table 2 then reports the best rate per cell.
-small-lr-search: venv
-	for m in full_ft prompt_tuning lora lora_fa; do $(RUN) experiment=small/lr_search/$$m || exit 1; done
-	$(PY) -m analysis.tables --scale small --only table2
 
 bench-layer: venv
 	$(PY) benchmarks/bench_layer.py --threads 1 --reps 12
@@ -93,7 +91,8 @@ figures: venv
 table2: venv
 	$(RUN) experiment=$(EXP)table2
 	$(if $(EXP),,$(RUN) experiment=table2_large)
-	$(if $(filter small,$(SCALE)),$(RUN) experiment=small/table2_lr && $(RUN) experiment=small/table2_seeds)
+	$(if $(filter small,$(SCALE)),$(RUN) experiment=small/table2_seeds && $(RUN) experiment=small/grids/table2 \
+		&& $(RUN) experiment=small/grids/table2_full_ft)
 	$(PY) -m analysis.tables --scale $(SCALE) --only table2
 table3: venv
 	$(RUN) experiment=$(EXP)table3
@@ -105,10 +104,13 @@ table4: venv
 	$(if $(filter small,$(SCALE)),$(RUN) experiment=small/table4_seeds)
 	$(PY) -m analysis.tables --scale $(SCALE) --only table4
 table6 table7: venv
-	$(RUN) experiment=$(EXP)$@
+	$(RUN) experiment=$(EXP)$(GRID)$@
 	$(PY) -m analysis.tables --scale $(SCALE) --only $@
-fig4 fig6: venv
+fig4: venv
 	$(RUN) experiment=$(EXP)$@
+	$(PY) -m analysis.figures --scale $(SCALE) --only $@
+fig6: venv
+	$(RUN) experiment=$(EXP)$(GRID)$@
 	$(PY) -m analysis.figures --scale $(SCALE) --only $@
 # Memory: simulated (BACKEND=simulate, any machine) or measured (BACKEND=cuda, a GPU).
 table5: venv

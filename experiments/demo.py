@@ -36,11 +36,13 @@ ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the demo never reaches the hub
 
 # Each suite's sweeps (conf/experiment/<scale>/), in order; a suite is its scale's unless named
-# otherwise. Figure 4's curves come from Table 2's periodic evaluations. small: the GLUE
-# experiments on MiniLM; small-llm: Table 4 on SmolLM2-135M (the base model first).
+# otherwise. Figure 4's curves come from Table 2's periodic evaluations. small: Table 2 on MiniLM
+# at each cell's chosen rate (small/table2's chosen_lr) with its seeds; small-grids: the rate grids
+# it was chosen from, and Tables 6, 7 and Figure 6, which are grids; small-llm: Table 4 on
+# SmolLM2-135M (the base model first).
 SUITES = {
     "mini": ("table2", "table3", "table4_base", "table4", "table6", "table7", "fig6"),
-    "small": ("table2", "table2_lr", "table2_seeds", "table6", "table7", "fig6"),
+    "small": ("table2", "table2_seeds"),
     "small-llm": ("table4_base", "table4", "table4_seeds"),
     # the learning-rate grids behind Table 2's small-scale cells and Tables 6, 7 and Figure 6
     "small-grids": ("grids/table2", "grids/table2_full_ft", "grids/table6", "grids/table7", "grids/fig6"),

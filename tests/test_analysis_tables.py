@@ -279,3 +279,20 @@ def test_a_grid_cell_is_chosen_on_seed_0_and_reports_its_seeds():
     df = tables.build_table2(recs)
     cell = df[(df.model == "tiny-roberta") & (df.method == "lora_fa") & (df.column == "MRPC")].iloc[0]
     assert cell.lr == 1e-3 and cell.n_seeds == 3 and round(cell.ours, 1) == 74.0
+
+
+def test_chosen_rates_are_the_cells_best_on_seed_0_and_print_as_the_configs_block():
+    from analysis.chosen_rates import chosen_rates, yaml_block
+
+    recs = frame(
+        glue("glue/mrpc", 1e-3, 0, {"accuracy": 0.80}),
+        glue("glue/mrpc", 1e-3, 1, {"accuracy": 0.70}),
+        glue("glue/mrpc", 3e-3, 0, {"accuracy": 0.78}),
+        glue("glue/mrpc", 3e-4, 0, {"accuracy": 0.60}),
+        glue("glue/cola", 1e-3, 0, {"mcc": 0.2}),          # one rate: not a grid, no choice
+        glue("glue/sst2", 1e-3, 0, {"accuracy": 0.9}),
+        glue("glue/sst2", 3e-3, 0, {}, status="diverged"),  # the only other rate diverged
+    )
+    assert chosen_rates(recs) == {"glue/mrpc": {"lora_fa": 1e-3}}
+    assert yaml_block(chosen_rates(recs)) == "chosen_lr:\n  glue/mrpc: {lora_fa: 1e-3}\n"
+    assert yaml_block({}) == "chosen_lr: {}\n"

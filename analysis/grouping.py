@@ -1,0 +1,127 @@
+"""Length-grouped batches against random ones: the same small-scale runs, paired (issue 23).
+
+    python -m analysis.grouping                       # results/small-grouped against results/small
+    python -m analysis.grouping --grouped small-grouped --scale small --root DIR
+
+Until issue 23 the small scale trained on transformers' length-grouped batches
+(trainer.group_by_length); those records are kept in results/small-grouped/. The small scale now
+trains on random batches. A pair is two ok records whose configurations are equal but for
+trainer.group_by_length, so the rows compare one seed of one setting under the two batchings;
+"seed std" is the spread of the random-batch runs of the same setting over their seeds, where
+there are several, to read the difference against. Wall times are the records' own, from
+different days on machines of the same kind: their ratio is indicative, the step-time benchmark
+(benchmarks/bench_batching.py) measures speed in one run.
+
+Writes results/<scale>/tables/grouping.csv and grouping.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import statistics
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from analysis.common import clean, fmt, fmt_lr, load, markdown, method_key, method_label, scale_dir
+from analysis.names import metric_label, task_label, task_value
+from lorafa.results import config_hash
+
+
+def pair_key(config: dict) -> str:
+    """The hash of a run's configuration without its batching's grouping flag."""
+    c = copy.deepcopy(config)
+    c.get("trainer", {}).pop("group_by_length", None)
+    return config_hash(c)
+
+
+def _grouped(config) -> bool:
+    return isinstance(config, dict) and bool(config.get("trainer", {}).get("group_by_length"))
+
+
+def _ok(records: pd.DataFrame) -> list[dict]:
+    rows = records[records["status"] == "ok"].to_dict("records") if len(records) else []
+    return [r for r in rows if isinstance(r.get("config"), dict)]
+
+
+def grouping_pairs(grouped: pd.DataFrame, random: pd.DataFrame) -> pd.DataFrame:
+    """One row per pair (the last record of each side where a setting was rerun)."""
+    by_key = {pair_key(r["config"]): r for r in _ok(grouped) if _grouped(r["config"])}
+    randoms = [r for r in _ok(random) if not _grouped(r["config"])]
+    spread = _seed_spread(randoms)
+    latest = {pair_key(r["config"]): r for r in randoms}
+    rows = []
+    for key, r in latest.items():
+        g = by_key.get(key)
+        if g is None:
+            continue
+        value = task_value(r["task"])
+        on, off = value(g["metrics"]), value(r["metrics"])
+        if on is None or off is None:
+            continue
+        rows.append({"experiment": r["experiment"], "task": r["task"], "method": r["method"],
+                     "lr": clean(r["lr"]), "seed": clean(r["seed"]), "metric": metric_label(r["task"]),
+                     "grouped": on, "random": off, "delta": off - on,
+                     "seed_std": spread.get(_setting(r)),
+                     "wall_s_grouped": clean(g["wall_s"]), "wall_s_random": clean(r["wall_s"]),
+                     "grouped_config_hash": g["config_hash"], "random_config_hash": r["config_hash"]})
+    df = pd.DataFrame(rows)
+    if df.empty:
+        return df
+    df["wall_ratio"] = df["wall_s_random"] / df["wall_s_grouped"]
+    order = sorted(range(len(df)), key=lambda i: (df["task"][i], method_key(df["method"][i]), df["lr"][i], df["seed"][i]))
+    return df.iloc[order].reset_index(drop=True)
+
+
+def _setting(r: dict) -> str:
+    """The setting of a run, seed left out."""
+    c = copy.deepcopy(r["config"])
+    c.get("trainer", {}).pop("seed", None)
+    return config_hash(c)
+
+
+def _seed_spread(randoms: list[dict]) -> dict[str, float]:
+    """The std over seeds of each setting run at two seeds or more."""
+    values: dict[str, dict] = {}
+    for r in randoms:
+        v = task_value(r["task"])(r["metrics"])
+        if v is not None:
+            values.setdefault(_setting(r), {})[clean(r["seed"])] = v
+    return {k: statistics.stdev(v.values()) for k, v in values.items() if len(v) > 1}
+
+
+def grouping_markdown(df: pd.DataFrame) -> str:
+    if df.empty:
+        return "No pairs yet: no setting has both a length-grouped and a random-batch record.\n"
+    body = [[r.experiment, task_label(r.task), method_label(r.method), fmt_lr(r.lr), str(r.seed), r.metric,
+             fmt(r.grouped), fmt(r.random), f"{r.delta:+.1f}", fmt(r.seed_std, empty="-"),
+             f"{r.wall_s_grouped:.0f}", f"{r.wall_s_random:.0f}", f"{r.wall_ratio:.2f}"]
+            for r in df.itertuples()]
+    per_task = df.groupby("task", sort=False)["delta"].agg(["mean", "count"])
+    summary = "; ".join(f"{task_label(t)} {row['mean']:+.1f} ({int(row['count'])})" for t, row in per_task.iterrows())
+    return (markdown(["experiment", "task", "method", "lr", "seed", "metric", "grouped", "random", "random - grouped",
+                      "seed std", "wall s grouped", "wall s random", "wall ratio"], body)
+            + f"\nMean of random - grouped per task (pairs): {summary}.\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--scale", default="small", help="results/<scale>/: the random-batch runs, and where tables/ goes")
+    ap.add_argument("--grouped", default="small-grouped", help="results/<grouped>/: the length-grouped runs")
+    ap.add_argument("--root", help="results root (default $LORAFA_RESULTS_DIR or results/)")
+    args = ap.parse_args(argv)
+    df = grouping_pairs(load(args.grouped, args.root), load(args.scale, args.root))
+    out = scale_dir(args.scale, args.root) / "tables"
+    out.mkdir(parents=True, exist_ok=True)
+    df.to_csv(out / "grouping.csv", index=False)
+    text = grouping_markdown(df)
+    (out / "grouping.md").write_text(text)
+    print(text)
+    print(f"wrote {out / 'grouping.csv'} and grouping.md ({len(df)} pairs)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
