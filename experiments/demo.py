@@ -215,6 +215,16 @@ def cpu_model() -> str:
         return platform.processor()
 
 
+def peak_rss_mib() -> dict:
+    """Peak resident memory of this process (every run of the suite is in it) and of the largest
+    child (the memory simulation), in MiB: how far the in-process runs let it grow."""
+    import resource
+
+    kib = {"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+           "peak_rss_child_mib": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}  # Linux: KiB
+    return {k: round(v / 1024, 1) for k, v in kib.items()}
+
+
 def summary(results_root: Path, wall_s: float, counts: dict, scale: str = "mini", suite: str | None = None) -> dict:
     done = "stopped (rerun to go on) after" if counts.get("interrupted") else "done in"
     lines = [f"\n[demo] {done} {wall_s / 60:.1f} min: {counts['trained']} runs trained, "
@@ -227,6 +237,7 @@ def summary(results_root: Path, wall_s: float, counts: dict, scale: str = "mini"
     timing = {"wall_s": round(wall_s, 1), "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
               "machine": {"cpus": os.cpu_count(), "cpu": cpu_model(), "platform": platform.platform(),
                           "python": platform.python_version()},
+              **peak_rss_mib(),
               **({"suite": suite} if suite and suite != scale else {}), **counts}
     path = results_root / TIMING_FILES[scale]  # every run of the suite is kept: a fresh one and the reruns
     path.parent.mkdir(parents=True, exist_ok=True)

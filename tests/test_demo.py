@@ -79,6 +79,8 @@ def test_a_new_timing_keeps_the_files_history_and_notes(tmp_path):
     demo.summary(tmp_path, 2.0, {"jobs": 1, "trained": 1, "skipped": 0, "failed": 0}, scale="small")
     kept = json.loads(path.read_text())
     assert [r["wall_s"] for r in kept["runs"]] == [1.0, 2.0] and kept["suite_wall_s"]["value"] == 9.0
+    # the process's peak memory is kept with its time (pytest's own process: some MiB, not 0)
+    assert 10 < kept["runs"][-1]["peak_rss_mib"] < 24 * 1024 and kept["runs"][-1]["peak_rss_child_mib"] >= 0
 
 
 def test_the_closing_summary_says_which_table5_line_is_with_recomputation():
