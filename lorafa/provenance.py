@@ -54,14 +54,14 @@ def package_versions() -> dict[str, str | None]:
 
 
 def device_name(simulated: bool = False) -> str:
-    """The GPU's name, or the CPU and host; a simulation says so."""
+    """The GPU's name, or the CPU (its cores, and the threads torch uses) and host; a simulation says so."""
     if simulated:
         return f"simulated (fake tensors) on cpu@{socket.gethostname()}"
     import torch
 
     if torch.cuda.is_available():
         return f"cuda:{torch.cuda.get_device_name()}"
-    return f"cpu:{os.cpu_count()}cores@{socket.gethostname()}"
+    return f"cpu:{os.cpu_count()}cores,{torch.get_num_threads()}threads@{socket.gethostname()}"
 
 
 def utc_now() -> str:

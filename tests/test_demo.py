@@ -52,7 +52,7 @@ def test_an_interrupted_suite_keeps_the_timing_of_its_part(tmp_path, monkeypatch
 
     monkeypatch.setenv("LORAFA_RESULTS_DIR", str(tmp_path))
 
-    def two_runs_then_sigterm(root, background, scale, counts, suite=None):
+    def two_runs_then_sigterm(root, background, scale, counts, suite=None, workers=1):
         counts.update(jobs=5, trained=2)
         os.kill(os.getpid(), signal.SIGTERM)  # demo.main turns it into SystemExit(143)
         return counts
