@@ -17,6 +17,8 @@ SCALE ?= paper
 EXP := $(if $(filter paper,$(SCALE)),,$(SCALE)/)
 # At small scale Tables 6, 7 and Figure 6 are learning-rate grids (conf/experiment/small/grids/).
 GRID := $(if $(filter small,$(SCALE)),grids/)
+# Runs at once in the small suites, each its own process (experiments/demo.py --workers).
+WORKERS ?= 1
 RUN := $(PY) experiments/run.py -m
 MEMORY := $(PY) experiments/memory.py -m backend=$(if $(filter mini,$(SCALE)),simulate,$(or $(BACKEND),simulate))
 RESULTS := $(or $(LORAFA_RESULTS_DIR),results)/$(SCALE)
@@ -48,16 +50,16 @@ demo: venv
 # Table 2 (and Figure 4) on MiniLM at each cell's rate chosen by small-grids, with 3 seeds on SST-2,
 # CoLA and MRPC; resumable, finished runs skipped.
 small: venv
-	HF_HUB_OFFLINE=1 WANDB_MODE=offline $(PY) experiments/demo.py --scale small
+	HF_HUB_OFFLINE=1 WANDB_MODE=offline $(PY) experiments/demo.py --scale small --workers $(WORKERS)
 
 # Table 4 on SmolLM2-135M (the small scale's LLaMA); resumable, finished runs skipped.
 small-llm: venv
-	HF_HUB_OFFLINE=1 WANDB_MODE=offline $(PY) experiments/demo.py --scale small --suite small-llm
+	HF_HUB_OFFLINE=1 WANDB_MODE=offline $(PY) experiments/demo.py --scale small --suite small-llm --workers $(WORKERS)
 
 # The learning-rate grids of the small scale (Table 2 per method and task, Tables 6, 7, Figure 6):
 # resumable, finished runs skipped, timing in results/small/timing.json.
 small-grids: venv
-	HF_HUB_OFFLINE=1 WANDB_MODE=offline $(PY) experiments/demo.py --scale small --suite small-grids
+	HF_HUB_OFFLINE=1 WANDB_MODE=offline $(PY) experiments/demo.py --scale small --suite small-grids --workers $(WORKERS)
 
 # Not part of `make small-llm`: the learning-rate search behind its rates (experiment table4_lr).
 small-llm-lr-search: venv
