@@ -71,8 +71,8 @@ def grouping_pairs(grouped: pd.DataFrame, random: pd.DataFrame) -> pd.DataFrame:
     if df.empty:
         return df
     df["wall_ratio"] = df["wall_s_random"] / df["wall_s_grouped"]
-    order = sorted(range(len(df)), key=lambda i: (df["task"][i], method_key(df["method"][i]), df["lr"][i], df["seed"][i]))
-    return df.iloc[order].reset_index(drop=True)
+    df["_order"] = df["method"].map(method_key)
+    return df.sort_values(["task", "_order", "lr", "seed"]).drop(columns="_order").reset_index(drop=True)
 
 
 def _setting(r: dict) -> str:
