@@ -131,7 +131,8 @@ def run_training_sweeps(results_root: Path, background: subprocess.Popen | None 
             bar.update(1)
             continue
         if workers > 1:
-            pending.append(Job(overrides, digest, spec.run_id(digest)))
+            config = {k: v for k, v in spec.config().items() if k != "experiment"}
+            pending.append(Job(overrides, digest, spec.run_id(digest), config_hash(config)))
             continue
         bar.set_postfix_str(f"{spec.experiment} {spec.task} {spec.method.name}")
         try:
@@ -159,6 +160,7 @@ class Job(NamedTuple):
     overrides: list[str]
     digest: str   # its config hash
     run_id: str
+    same: str     # the hash of its config without the experiment's name (lorafa.results.find_same_run)
 
 
 def run_in_workers(pending: list[Job], results_root: Path, workers: int, counts: dict, bar) -> None:
@@ -181,8 +183,13 @@ def run_in_workers(pending: list[Job], results_root: Path, workers: int, counts:
     queue, running = list(pending), {}
     try:
         while queue or running:
-            while queue and len(running) < workers:
-                job = queue.pop(0)
+            while len(running) < workers:
+                # a run another sweep shares (Table 6's default point is Table 7's) waits for it, to be copied
+                busy = {j.same for j, _ in running.values()}
+                job = next((j for j in queue if j.same not in busy), None)
+                if job is None:
+                    break
+                queue.remove(job)
                 log = open(logs / f"{job.run_id}.log", "w", encoding="utf-8")
                 cmd = [sys.executable, str(ROOT / "experiments" / "run.py"), *job.overrides,
                        f"results_dir={results_root}", f"hydra.run.dir={logs / job.run_id}"]

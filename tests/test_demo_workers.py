@@ -20,7 +20,8 @@ def jobs(tmp_path, methods):
         overrides = ["scale=mini", "task=glue/mrpc", "model=tiny-roberta", f"method={method}", *TINY["tiny-roberta"], *FAST]
         spec, _ = spec_for(tmp_path, overrides)
         digest = config_hash(spec.config())
-        out.append(demo.Job(overrides, digest, spec.run_id(digest)))
+        same = config_hash({k: v for k, v in spec.config().items() if k != "experiment"})
+        out.append(demo.Job(overrides, digest, spec.run_id(digest), same))
     return out
 
 
@@ -85,3 +86,18 @@ def test_job_outcome(returncode, record, outcome):
 def test_workers_must_be_positive():
     with pytest.raises(SystemExit):
         demo.main(["--workers", "0"])
+
+
+def test_a_run_two_sweeps_share_is_trained_once(tmp_path):
+    """Two jobs with one configuration under two experiments' names: the second waits for the
+    first and copies its record (options.same_run_as) instead of training it again."""
+    first, = jobs(tmp_path, ["lora_fa"])
+    overrides = [*first.overrides, "experiment_name=other"]
+    spec, _ = spec_for(tmp_path, overrides)
+    digest = config_hash(spec.config())
+    second = demo.Job(overrides, digest, spec.run_id(digest), first.same)
+    counts = {"trained": 0, "skipped": 0, "failed": 0}
+    demo.run_in_workers([first, second], tmp_path, 2, counts, Bar())
+    assert counts["trained"] == 1 and counts["skipped"] == 1
+    records = load_records(tmp_path)
+    assert sorted(records["experiment"]) == ["other", "run"] and records["options"].map(lambda o: "same_run_as" in o).sum() == 1
