@@ -245,8 +245,10 @@ def build_table7(records: pd.DataFrame) -> pd.DataFrame:
 
 # ---- Markdown ---------------------------------------------------------------------------------
 
-def _wide(df: pd.DataFrame, ids: list[str], digits: int) -> str:
-    columns = list(dict.fromkeys(df["column"]))
+def _wide(df: pd.DataFrame, ids: list[str], digits: int, order: tuple = ()) -> str:
+    """One row per key of `ids`; columns in `order` first (where present), then as they appear."""
+    seen = list(dict.fromkeys(df["column"]))
+    columns = [c for c in order if c in seen] + [c for c in seen if c not in order]
     header = ["Model", *[i.capitalize() for i in ids if i not in ("model", "method")], "Method", "", *columns]
     body = []
     for key, g in df.groupby(ids, sort=False):
@@ -282,7 +284,8 @@ def markdown_table(name: str, df: pd.DataFrame) -> str:
             note += ("Held-out loss: mean cross-entropy per response token on held-out rows of the dataset tuned on "
                      "(nats, lower is better); CoT acc.: greedy chain-of-thought answers to held-out questions, "
                      "scored by lorafa.tasks.cot's rule (x100). The paper reports neither.\n")
-        return lines + (note + "\n" if note else "") + _wide(df, ["model", "task", "method"], 1)
+        return lines + (note + "\n" if note else "") + _wide(df, ["model", "task", "method"], 1,
+                                                        order=(TPS, "MMLU", "Gain", HELDOUT, COT))
     if name == "table5":
         return lines + table5_markdown(df)
     key = "init_a" if name == "table6" else "alpha"
