@@ -4,6 +4,7 @@
 #   make small                Table 2 and Fig. 4 on a real pretrained encoder, each cell at its chosen rate (CPU, offline, hours)
 #   make small-grids          the small scale's learning-rate grids (Table 2 per cell, Tables 6, 7, Fig. 6; hours)
 #   make small-llm            Table 4 on a real pretrained LLaMA-architecture model (CPU, offline, hours)
+#   make small-llm-seeds      its seeds 1 and 2 for LoRA and LoRA-FA on flan_cot (about an hour)
 #   make table2 [SCALE=mini|small]  run the missing runs of Table 2's sweep, then build the table
 #   make tables / figures     rebuild every table / figure from results/$(SCALE) (no training)
 #   make dry-run              every paper experiment rehearsed: real architectures, random weights, one step
@@ -23,7 +24,7 @@ RUN := $(PY) experiments/run.py -m
 MEMORY := $(PY) experiments/memory.py -m backend=$(if $(filter mini,$(SCALE)),simulate,$(or $(BACKEND),simulate))
 RESULTS := $(or $(LORAFA_RESULTS_DIR),results)/$(SCALE)
 
-.PHONY: help venv test demo small small-grids small-llm small-llm-lr-search dry-run bench-layer gpu-check base-models tables figures clean-venv \
+.PHONY: help venv test demo small small-grids small-llm small-llm-seeds small-llm-lr-search dry-run bench-layer gpu-check base-models tables figures clean-venv \
         table2 table3 table4 table5 table6 table7 fig2 fig3 fig4 fig5 fig6
 
 help:
@@ -55,6 +56,10 @@ small: venv
 # Table 4 on SmolLM2-135M (the small scale's LLaMA); resumable, finished runs skipped.
 small-llm: venv
 	HF_HUB_OFFLINE=1 WANDB_MODE=offline $(PY) experiments/demo.py --scale small --suite small-llm --workers $(WORKERS)
+
+# Table 4's seeds 1 and 2 for LoRA and LoRA-FA on flan_cot (its seed spread), after small-llm.
+small-llm-seeds: venv
+	HF_HUB_OFFLINE=1 WANDB_MODE=offline $(PY) experiments/demo.py --scale small --suite small-llm-seeds --workers $(WORKERS)
 
 # The learning-rate grids of the small scale (Table 2 per method and task, Tables 6, 7, Figure 6):
 # resumable, finished runs skipped, timing in results/small/timing.json.

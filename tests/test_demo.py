@@ -21,11 +21,14 @@ def test_sweep_jobs_expand_like_hydra_multirun():
     assert ["experiment=mini/fig6", "method=lora_fa", "rank=32", "trainer.lr=0.002"] in jobs
 
 
-def test_the_small_llm_suite_is_table4_on_smollm2_base_model_first():
-    jobs = [job for exp in demo.SUITES["small-llm"] for job in demo.sweep_jobs(ROOT / "conf", f"small/{exp}")]
-    assert len(jobs) == 2 + 2 * 4 + 2 * 2  # base on both tasks, 4 methods x 2 tasks, 2 seeds x LoRA / LoRA-FA
-    assert jobs[0] == ["experiment=small/table4_base", "task=alpaca", "method=base"]
-    assert ["experiment=small/table4_seeds", "task=flan_cot", "method=lora_fa", "seed=2"] in jobs
+def test_the_small_llm_suites_are_table4_on_smollm2_base_model_first_then_its_seeds():
+    def jobs(suite):
+        return [job for exp in demo.SUITES[suite] for job in demo.sweep_jobs(ROOT / "conf", f"small/{exp}")]
+    table = jobs("small-llm")
+    assert len(table) == 2 + 2 * 4  # base on both tasks, 4 methods x 2 tasks
+    assert table[0] == ["experiment=small/table4_base", "task=alpaca", "method=base"]
+    seeds = jobs("small-llm-seeds")
+    assert len(seeds) == 2 * 2 and ["experiment=small/table4_seeds", "task=flan_cot", "method=lora_fa", "seed=2"] in seeds
 
 
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="needs two cores to share")
