@@ -317,25 +317,45 @@ def peak_rss_mib() -> dict:
     return {k: round(v / 1024, 1) for k, v in kib.items()}
 
 
+def suite_wall(runs: list[dict], suite: str) -> dict:
+    """A suite's wall time from its last fresh start (the segment that found none of its runs
+    finished) through the segments that resumed it: what the suite took from an empty results root."""
+    mine = [r for r in runs if r.get("suite") == suite]
+    fresh = [i for i, r in enumerate(mine) if r.get("skipped") == 0 and r.get("trained", 0) > 0]
+    if not fresh:
+        return {}
+    segments = mine[fresh[-1]:]
+    done = [i for i, r in enumerate(segments) if not r.get("interrupted", False)]
+    segments = segments[:done[0] + 1] if done else segments  # later reruns found it finished
+    return {"wall_s": round(sum(r["wall_s"] for r in segments), 1), "segments": len(segments),
+            "finished": not segments[-1].get("interrupted", False)}
+
+
 def summary(results_root: Path, wall_s: float, counts: dict, scale: str = "mini", suite: str | None = None) -> dict:
     done = "stopped (rerun to go on) after" if counts.get("interrupted") else "done in"
     lines = [f"\n[demo] {done} {wall_s / 60:.1f} min: {counts['trained']} runs trained, "
              f"{counts['skipped']} already finished, {counts.get('unavailable', 0)} with data unavailable offline, "
              f"{counts['failed']} failed"]
-    lines += _headlines(results_root)
-    lines.append(f"  tables:  {results_root / 'tables'}")
-    lines.append(f"  figures: {results_root / 'figures'}")
-    print("\n".join(lines))
     timing = {"wall_s": round(wall_s, 1), "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
               "machine": {"cpus": os.cpu_count(), "cpu": cpu_model(), "platform": platform.platform(),
                           "python": platform.python_version()},
               **peak_rss_mib(),
-              **({"suite": suite} if suite and suite != scale else {}), **counts}
+              "suite": suite or scale, **counts}
     path = results_root / TIMING_FILES[scale]  # every run of the suite is kept: a fresh one and the reruns
     path.parent.mkdir(parents=True, exist_ok=True)
     kept = json.loads(path.read_text()) if path.is_file() else {}  # notes beside "runs" (suite_wall_s) stay
     kept["runs"] = kept.get("runs", []) + [timing]
+    total = suite_wall(kept["runs"], timing["suite"])
+    if total:
+        kept.setdefault("suites", {})[timing["suite"]] = total
+        if total["segments"] > 1:
+            lines.append(f"  from its fresh start: {total['wall_s'] / 60:.1f} min over {total['segments']} segments"
+                         + ("" if total["finished"] else " so far"))
     path.write_text(json.dumps(kept, indent=2) + "\n")
+    lines += _headlines(results_root)
+    lines.append(f"  tables:  {results_root / 'tables'}")
+    lines.append(f"  figures: {results_root / 'figures'}")
+    print("\n".join(lines))
     return timing
 
 

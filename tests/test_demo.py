@@ -86,6 +86,23 @@ def test_a_new_timing_keeps_the_files_history_and_notes(tmp_path):
     assert 10 < kept["runs"][-1]["peak_rss_mib"] < 24 * 1024 and kept["runs"][-1]["peak_rss_child_mib"] >= 0
 
 
+def test_a_suites_wall_time_sums_its_segments_from_the_fresh_start_to_the_finish(tmp_path):
+    import json
+
+    def seg(wall, trained, skipped, interrupted=False, suite="small-llm"):
+        return {"wall_s": wall, "suite": suite, "trained": trained, "skipped": skipped,
+                **({"interrupted": True} if interrupted else {})}
+    runs = [seg(50.0, 3, 0), seg(7.0, 1, 0, suite="small"),  # an older fresh start; another suite
+            seg(10.0, 2, 0, True), seg(20.0, 3, 2, True), seg(5.0, 1, 5), seg(0.5, 0, 6)]  # a rerun after
+    assert demo.suite_wall(runs, "small-llm") == {"wall_s": 35.0, "segments": 3, "finished": True}
+    assert demo.suite_wall(runs[:4], "small-llm") == {"wall_s": 30.0, "segments": 2, "finished": False}
+    assert demo.suite_wall(runs, "small-grids") == {}
+    (tmp_path / "timing.json").write_text(json.dumps({"runs": runs[:4]}))
+    demo.summary(tmp_path, 5.0, {"jobs": 6, "trained": 1, "skipped": 5, "failed": 0}, scale="small", suite="small-llm")
+    kept = json.loads((tmp_path / "timing.json").read_text())
+    assert kept["suites"]["small-llm"] == {"wall_s": 35.0, "segments": 3, "finished": True}
+
+
 def test_the_closing_summary_says_which_table5_line_is_with_recomputation():
     from demo import _headlines
 
