@@ -109,7 +109,8 @@ def share_cores(background: subprocess.Popen | None) -> int:
 
 def run_training_sweeps(results_root: Path, background: subprocess.Popen | None = None, scale: str = "mini",
                         counts: dict | None = None, suite: str | None = None, workers: int = 1) -> dict:
-    """Every job of the scale's suite, in order; `counts` (jobs, trained, skipped, failed) is
+    """Every job of the scale's suite, in order; `counts` (jobs, trained, skipped: finished before
+    it reached them, copied: another sweep's run, failed) is
     updated as they go, so that an interrupted suite still reports its part. workers > 1 runs
     the unfinished jobs in that many processes at once (run_in_workers)."""
     import run as run_cli
@@ -141,7 +142,7 @@ def run_training_sweeps(results_root: Path, background: subprocess.Popen | None 
             share_cores(background)
             record = run_one(spec)
             # a configuration another sweep already ran is not trained again (lorafa.runner)
-            counts["skipped" if record.options.get("same_run_as") else "trained"] += 1
+            counts["copied" if record.options.get("same_run_as") else "trained"] += 1
         except RunInterrupted as stop:  # SIGTERM during a training: it checkpointed; the suite stops here
             raise SystemExit(EXIT_PREEMPTED) from stop
         except FileNotFoundError as err:  # MNLI and QQP: not in ../shared/data, no hub here
@@ -221,7 +222,7 @@ STATUSES = ("ok", "diverged", "oom", "failed")
 
 
 def job_outcome(returncode: int, record) -> str:
-    """What a finished run.py process did: trained, skipped (another sweep's run), unavailable
+    """What a finished run.py process did: trained, copied (another sweep's run), unavailable
     (its data is not offline), failed, or interrupted (SIGTERM, checkpointed, no record)."""
     from lorafa.recipe import EXIT_PREEMPTED
 
@@ -231,7 +232,7 @@ def job_outcome(returncode: int, record) -> str:
         return "failed"  # no record at all: a config or start-up error (its log says which)
     if record.status == "failed":
         return "unavailable" if (record.error or "").startswith("data unavailable offline") else "failed"
-    return "skipped" if record.options.get("same_run_as") else "trained"
+    return "copied" if record.options.get("same_run_as") else "trained"
 
 
 def start_memory_simulations(results_root: Path) -> tuple[subprocess.Popen, Path]:
@@ -334,7 +335,8 @@ def suite_wall(runs: list[dict], suite: str) -> dict:
 def summary(results_root: Path, wall_s: float, counts: dict, scale: str = "mini", suite: str | None = None) -> dict:
     done = "stopped (rerun to go on) after" if counts.get("interrupted") else "done in"
     lines = [f"\n[demo] {done} {wall_s / 60:.1f} min: {counts['trained']} runs trained, "
-             f"{counts['skipped']} already finished, {counts.get('unavailable', 0)} with data unavailable offline, "
+             f"{counts['skipped']} already finished, {counts.get('copied', 0)} copied from another sweep's run, "
+             f"{counts.get('unavailable', 0)} with data unavailable offline, "
              f"{counts['failed']} failed"]
     timing = {"wall_s": round(wall_s, 1), "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
               "machine": {"cpus": os.cpu_count(), "cpu": cpu_model(), "platform": platform.platform(),

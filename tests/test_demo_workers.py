@@ -72,7 +72,7 @@ def test_a_stopped_suite_stops_its_running_jobs(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("returncode, record, outcome", [
     (0, SimpleNamespace(status="ok", options={}, error=None), "trained"),
-    (0, SimpleNamespace(status="ok", options={"same_run_as": "x"}, error=None), "skipped"),
+    (0, SimpleNamespace(status="ok", options={"same_run_as": "x"}, error=None), "copied"),
     (0, SimpleNamespace(status="diverged", options={}, error=None), "trained"),
     (1, SimpleNamespace(status="failed", options={}, error="data unavailable offline\nglue/mnli"), "unavailable"),
     (1, SimpleNamespace(status="failed", options={}, error="RuntimeError: boom"), "failed"),
@@ -98,6 +98,6 @@ def test_a_run_two_sweeps_share_is_trained_once(tmp_path):
     second = demo.Job(overrides, digest, spec.run_id(digest), first.same)
     counts = {"trained": 0, "skipped": 0, "failed": 0}
     demo.run_in_workers([first, second], tmp_path, 2, counts, Bar())
-    assert counts["trained"] == 1 and counts["skipped"] == 1
+    assert counts["trained"] == 1 and counts["copied"] == 1 and counts["skipped"] == 0
     records = load_records(tmp_path)
     assert sorted(records["experiment"]) == ["other", "run"] and records["options"].map(lambda o: "same_run_as" in o).sum() == 1
