@@ -6,33 +6,60 @@ The rule, as the paper tunes Table 2: for each task and method run at two rates 
 whose seed-0 run scores best on the dev split (analysis.common.best_setting: seed 0 where every
 rate has it). Prints the `chosen_lr` block of conf/experiment/small/table2.yaml, which `make small`
 trains at; tests/test_experiment_configs.py checks that the committed block agrees with
-results/small.
+results/small. Also writes the grids' evidence, each cell's score at every rate with the chosen
+one in bold, to results/<scale>/tables/table2_rates.{csv,md}.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import pandas as pd
 
-from analysis.common import best_setting, clean, fmt_lr, load, method_key, runs_of
-from analysis.names import task_value
+from analysis.common import (
+    best_setting, clean, fmt, fmt_lr, fmt_pm, load, markdown, method_key, method_label, runs_of, scale_dir,
+    settings,
+)
+from analysis.names import metric_label, task_label, task_value
+
+GRID_COLUMNS = ["task", "method", "lr", "seed0", "mean", "std", "n_seeds", "chosen"]
 
 
 def chosen_rates(records: pd.DataFrame, experiment: str = "table2") -> dict[str, dict[str, float]]:
     """{task: {method: rate}} for the cells whose ok runs cover at least two rates."""
-    runs = runs_of(records, experiment) if len(records) else records
+    grid = rate_grid(records, experiment)
     out: dict[str, dict[str, float]] = {}
-    if runs.empty:
-        return out
-    for (task, method), cell in runs.groupby(["task", "method"], sort=True):
-        if cell.loc[cell["status"] == "ok", "lr"].nunique() < 2:
-            continue
-        best = best_setting(cell, task_value(task))
-        if best is not None:
-            out.setdefault(task, {})[method] = clean(best.key["lr"])
-    return {t: dict(sorted(m.items(), key=lambda kv: method_key(kv[0]))) for t, m in out.items()}
+    for row in grid[grid["chosen"]].to_dict("records") if len(grid) else []:
+        out.setdefault(row["task"], {})[row["method"]] = row["lr"]
+    return out
+
+
+def rate_grid(records: pd.DataFrame, experiment: str = "table2") -> pd.DataFrame:
+    """One row per (task, method, rate) of the cells run at two rates or more: the seed-0 score
+    (what the rule compares), the mean and std over the rate's seeds, and whether it was chosen."""
+    runs = runs_of(records, experiment) if len(records) else records
+    rows = []
+    if not runs.empty:
+        for (task, method), cell in runs.groupby(["task", "method"], sort=True):
+            if cell.loc[cell["status"] == "ok", "lr"].nunique() < 2:
+                continue
+            value = task_value(task)
+            best = best_setting(cell, value)
+            for s in settings(cell, value):
+                if s.key["lr"] is None or not s.values:
+                    continue
+                first = s.first_seed
+                rows.append({"task": task, "method": method, "lr": clean(s.key["lr"]),
+                             "seed0": first[1] if first and first[0] == 0 else None,
+                             "mean": s.mean, "std": s.std, "n_seeds": len(s.values),
+                             "chosen": best is not None and s.key == best.key and s.eligible})
+    df = pd.DataFrame(rows, columns=GRID_COLUMNS)
+    if df.empty:
+        return df
+    df["_m"] = df["method"].map(method_key)
+    return df.sort_values(["task", "_m", "lr"]).drop(columns="_m").reset_index(drop=True)
 
 
 def yaml_block(rates: dict[str, dict[str, float]]) -> str:
@@ -40,9 +67,45 @@ def yaml_block(rates: dict[str, dict[str, float]]) -> str:
         return "chosen_lr: {}\n"
     lines = ["chosen_lr:"]
     for task, methods in rates.items():
-        cells = ", ".join(f"{m}: {fmt_lr(lr)}" for m, lr in methods.items())
+        cells = ", ".join(f"{m}: {fmt_lr(lr)}" for m, lr in sorted(methods.items(), key=lambda kv: method_key(kv[0])))
         lines.append(f"  {task}: {{{cells}}}")
     return "\n".join(lines) + "\n"
+
+
+def grid_markdown(grid: pd.DataFrame) -> str:
+    """Per task, one row per method and one column per rate: the seed-0 score, bold where the rule
+    chose it (with the mean ± std over its seeds where it has more than one)."""
+    out = ["# Table 2's learning-rate grids (dev split, x100; seed 0 decides, the chosen rate in bold)", ""]
+    if grid.empty:
+        return "\n".join(out + ["No cell has been run at two rates yet (make small-grids).", ""])
+    for task, g in grid.groupby("task", sort=False):
+        rates = sorted(g["lr"].unique())
+        body = []
+        for method, m in g.groupby("method", sort=False):
+            by_lr = {r["lr"]: r for r in m.to_dict("records")}
+            cells = []
+            for lr in rates:
+                r = by_lr.get(lr)
+                if r is None:
+                    cells.append("")
+                    continue
+                text = fmt(r["seed0"] if r["seed0"] is not None else r["mean"])
+                if r["chosen"]:
+                    text = f"**{text}**" + (f" ({fmt_pm(r['mean'], r['std'])}, {r['n_seeds']} seeds)"
+                                             if r["n_seeds"] > 1 else "")
+                cells.append(text)
+            body.append([method_label(method), *cells])
+        out += [f"{task_label(task)} ({metric_label(task)})", "",
+                markdown(["method", *[fmt_lr(lr) for lr in rates]], body).rstrip("\n"), ""]
+    return "\n".join(out) + "\n"
+
+
+def write_grid(grid: pd.DataFrame, out_dir: Path) -> tuple[Path, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    csv, md = out_dir / "table2_rates.csv", out_dir / "table2_rates.md"
+    grid.to_csv(csv, index=False)
+    md.write_text(grid_markdown(grid))
+    return csv, md
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -50,7 +113,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scale", default="small")
     ap.add_argument("--root", help="results root (default $LORAFA_RESULTS_DIR or results/)")
     args = ap.parse_args(argv)
-    print(yaml_block(chosen_rates(load(args.scale, args.root))), end="")
+    records = load(args.scale, args.root)
+    print(yaml_block(chosen_rates(records)), end="")
+    csv, md = write_grid(rate_grid(records), scale_dir(args.scale, args.root) / "tables")
+    print(f"wrote {csv} and {md.name}", file=sys.stderr)
     return 0
 
 

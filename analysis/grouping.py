@@ -9,8 +9,11 @@ trains on random batches. A pair is two ok records whose configurations are equa
 trainer.group_by_length, so the rows compare one seed of one setting under the two batchings;
 "seed std" is the spread of the random-batch runs of the same setting over their seeds, where
 there are several, to read the difference against. Wall times are the records' own, from
-different days on machines of the same kind: their ratio is indicative, the step-time benchmark
-(benchmarks/bench_batching.py) measures speed in one run.
+different days, and the random-batch ones ran two at a time on one thread each (WORKERS=2) where
+the grouped ones ran alone on two: their ratio is shown only where both sides ran on the same
+number of threads. Speed is measured in one run by benchmarks/bench_batching.py: its step-time
+ratio (random / grouped, same task and method) stands beside each pair where
+results/bench/batching.csv has it.
 
 Writes results/<scale>/tables/grouping.csv and grouping.md.
 """
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import re
 import statistics
 import sys
 from pathlib import Path
@@ -27,7 +31,10 @@ import pandas as pd
 
 from analysis.common import clean, fmt, fmt_lr, load, markdown, method_key, method_label, scale_dir
 from analysis.names import metric_label, task_label, task_value
+from lorafa.paths import results_dir
 from lorafa.results import config_hash
+
+BENCH = "bench/batching.csv"  # under the results root
 
 
 def pair_key(config: dict) -> str:
@@ -46,8 +53,25 @@ def _ok(records: pd.DataFrame) -> list[dict]:
     return [r for r in rows if isinstance(r.get("config"), dict)]
 
 
-def grouping_pairs(grouped: pd.DataFrame, random: pd.DataFrame) -> pd.DataFrame:
+def threads(record: dict) -> int | None:
+    """The torch threads a run trained on, from its device string (cpu:2cores,1threads@vm)."""
+    m = re.search(r"(\d+)threads", str(record.get("device") or ""))
+    return int(m.group(1)) if m else None
+
+
+def bench_ratios(bench: pd.DataFrame | None) -> dict[tuple[str, str], float]:
+    """{(task, method): median step random / grouped} from bench_batching's CSV."""
+    if bench is None or bench.empty:
+        return {}
+    step = bench.set_index(["task", "method", "batching"])["step_s"]
+    return {(t, m): step[(t, m, "random")] / step[(t, m, "grouped")]
+            for t, m in {(t, m) for t, m, _ in step.index}
+            if (t, m, "random") in step.index and (t, m, "grouped") in step.index}
+
+
+def grouping_pairs(grouped: pd.DataFrame, random: pd.DataFrame, bench: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per pair (the last record of each side where a setting was rerun)."""
+    steps = bench_ratios(bench)
     by_key = {pair_key(r["config"]): r for r in _ok(grouped) if _grouped(r["config"])}
     randoms = [r for r in _ok(random) if not _grouped(r["config"])]
     spread = _seed_spread(randoms)
@@ -66,11 +90,14 @@ def grouping_pairs(grouped: pd.DataFrame, random: pd.DataFrame) -> pd.DataFrame:
                      "grouped": on, "random": off, "delta": off - on,
                      "seed_std": spread.get(_setting(r)),
                      "wall_s_grouped": clean(g["wall_s"]), "wall_s_random": clean(r["wall_s"]),
+                     "threads_grouped": threads(g), "threads_random": threads(r),
+                     "bench_step_ratio": steps.get((r["task"], r["method"])),
                      "grouped_config_hash": g["config_hash"], "random_config_hash": r["config_hash"]})
     df = pd.DataFrame(rows)
     if df.empty:
         return df
-    df["wall_ratio"] = df["wall_s_random"] / df["wall_s_grouped"]
+    same = df["threads_grouped"] == df["threads_random"]
+    df["wall_ratio"] = (df["wall_s_random"] / df["wall_s_grouped"]).where(same)
     df["_order"] = df["method"].map(method_key)
     return df.sort_values(["task", "_order", "lr", "seed"]).drop(columns="_order").reset_index(drop=True)
 
@@ -97,13 +124,25 @@ def grouping_markdown(df: pd.DataFrame) -> str:
         return "No pairs yet: no setting has both a length-grouped and a random-batch record.\n"
     body = [[r.experiment, task_label(r.task), method_label(r.method), fmt_lr(r.lr), str(r.seed), r.metric,
              fmt(r.grouped), fmt(r.random), f"{r.delta:+.1f}", fmt(r.seed_std, empty="-"),
-             f"{r.wall_s_grouped:.0f}", f"{r.wall_s_random:.0f}", f"{r.wall_ratio:.2f}"]
+             _wall(r.wall_s_grouped, r.threads_grouped), _wall(r.wall_s_random, r.threads_random),
+             fmt(r.wall_ratio, 2, empty="-"), fmt(r.bench_step_ratio, 2, empty="-")]
             for r in df.itertuples()]
     per_task = df.groupby("task", sort=False)["delta"].agg(["mean", "count"])
     summary = "; ".join(f"{task_label(t)} {row['mean']:+.1f} ({int(row['count'])})" for t, row in per_task.iterrows())
     return (markdown(["experiment", "task", "method", "lr", "seed", "metric", "grouped", "random", "random - grouped",
-                      "seed std", "wall s grouped", "wall s random", "wall ratio"], body)
-            + f"\nMean of random - grouped per task (pairs): {summary}.\n")
+                      "seed std", "wall s grouped (threads)", "wall s random (threads)", "wall ratio",
+                      "step random / grouped (bench)"], body)
+            + f"\nMean of random - grouped per task (pairs): {summary}.\n"
+            + "Wall ratio: only where both runs had the same number of threads. Step ratio: "
+              "benchmarks/bench_batching.py, both batchings in one run (results/bench/batching.md).\n")
+
+
+def _wall(seconds, n_threads) -> str:
+    return f"{seconds:.0f}" + (f" ({n_threads})" if n_threads else "")
+
+
+def read_bench(path: Path) -> pd.DataFrame | None:
+    return pd.read_csv(path) if path.exists() else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -112,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--grouped", default="small-grouped", help="results/<grouped>/: the length-grouped runs")
     ap.add_argument("--root", help="results root (default $LORAFA_RESULTS_DIR or results/)")
     args = ap.parse_args(argv)
-    df = grouping_pairs(load(args.grouped, args.root), load(args.scale, args.root))
+    root = Path(args.root) if args.root else results_dir()
+    df = grouping_pairs(load(args.grouped, args.root), load(args.scale, args.root), read_bench(root / BENCH))
     out = scale_dir(args.scale, args.root) / "tables"
     out.mkdir(parents=True, exist_ok=True)
     df.to_csv(out / "grouping.csv", index=False)

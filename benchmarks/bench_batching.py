@@ -1,7 +1,7 @@
 """How training batches are formed, and what it costs: step time and padded tokens per batching.
 
-    python benchmarks/bench_batching.py                                  # SST-2, CoLA, MRPC; LoRA-FA
-    python benchmarks/bench_batching.py --tasks glue/mrpc --steps 30 --experiment small/table2
+    python benchmarks/bench_batching.py                      # six GLUE tasks x LoRA, LoRA-FA x four batchings
+    python benchmarks/bench_batching.py --tasks glue/mrpc --methods lora_fa --batchings grouped random
 
 The same run of the small scale (its model, data, rate and batch of 16) trained for `steps`
 optimizer steps under each batching, through the project's Trainer:
@@ -78,8 +78,9 @@ def measure(spec, steps: int) -> dict:
 
 def main(argv=None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--tasks", nargs="+", default=["glue/sst2", "glue/cola", "glue/mrpc"])
-    ap.add_argument("--method", default="lora_fa")
+    ap.add_argument("--tasks", nargs="+",
+                    default=["glue/sst2", "glue/cola", "glue/mrpc", "glue/stsb", "glue/qnli", "glue/rte"])
+    ap.add_argument("--methods", nargs="+", default=["lora", "lora_fa"])
     ap.add_argument("--experiment", default="small/table2")
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--batchings", nargs="+", default=list(BATCHINGS), choices=list(BATCHINGS))
@@ -88,26 +89,27 @@ def main(argv=None) -> list[dict]:
     args = ap.parse_args(argv)
 
     rows = []
-    grid = [(t, b) for t in args.tasks for b in args.batchings]
-    for task, batching in tqdm(grid, desc="batching benchmark", unit="point"):
-        spec = spec_for(args.experiment, task, args.method, args.steps, BATCHINGS[batching] + args.extra)
-        rows.append({"task": task, "batching": batching, "method": args.method, "model": spec.model.name,
+    grid = [(t, m, b) for t in args.tasks for m in args.methods for b in args.batchings]
+    for task, method, batching in tqdm(grid, desc="batching benchmark", unit="point"):
+        spec = spec_for(args.experiment, task, method, args.steps, BATCHINGS[batching] + args.extra)
+        rows.append({"task": task, "batching": batching, "method": method, "model": spec.model.name,
                      "steps": args.steps, **measure(spec, args.steps)})
     for row in rows:
-        base = next(r for r in rows if r["task"] == row["task"] and r["batching"] == "random")
-        row["step_vs_random"] = round(row["step_s"] / base["step_s"], 3) if "random" in args.batchings else None
+        base = [r for r in rows if (r["task"], r["method"], r["batching"]) == (row["task"], row["method"], "random")]
+        row["step_vs_random"] = round(row["step_s"] / base[0]["step_s"], 3) if base else None
     write_benchmark(rows, args.out, markdown(rows))
     return rows
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = [f"{rows[0]['model']}, {rows[0]['method']}, optimizer batch 16, {rows[0]['steps']} steps "
+    lines = [f"{rows[0]['model']}, optimizer batch 16, {rows[0]['steps']} steps "
              "(python benchmarks/bench_batching.py)", "",
-             "| task | batching | s/step | / random | tokens fed/step | real tokens/step |", "|---|---|---|---|---|---|"]
+             "| task | method | batching | s/step | / random | tokens fed/step | real tokens/step |",
+             "|---|---|---|---|---|---|---|"]
     for r in rows:
         ratio = "" if r["step_vs_random"] is None else f"{r['step_vs_random']:.2f}"
-        lines.append(f"| {r['task']} | {r['batching']} | {r['step_s']:.3f} | {ratio} | {r['tokens_fed_per_step']:,.0f} "
-                     f"| {r['real_tokens_per_step']:,.0f} |")
+        lines.append(f"| {r['task']} | {r['method']} | {r['batching']} | {r['step_s']:.3f} | {ratio} "
+                     f"| {r['tokens_fed_per_step']:,.0f} | {r['real_tokens_per_step']:,.0f} |")
     return "\n".join(lines)
 
 

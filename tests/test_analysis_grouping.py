@@ -7,14 +7,14 @@ from analysis import grouping
 from lorafa.results import RunRecord
 
 
-def rec(run_id, seed, accuracy, grouped, lr=1e-3, wall=100.0, method="lora_fa", status="ok"):
+def rec(run_id, seed, accuracy, grouped, lr=1e-3, wall=100.0, method="lora_fa", status="ok", threads=2):
     trainer = {"lr": lr, "seed": seed, "batch_size": 16}
     if grouped:  # a random-batch config leaves the flag out (its default), as RunSpec.config() does
         trainer["group_by_length"] = True
     config = {"task": "glue/mrpc", "method": {"name": method}, "trainer": trainer}
     return RunRecord(run_id=run_id, experiment="table2", model="minilm-l6", task="glue/mrpc", method=method,
                      lr=lr, seed=seed, status=status, metrics={"accuracy": accuracy}, wall_s=wall,
-                     config=config, config_hash=run_id)
+                     config=config, config_hash=run_id, device=f"cpu:2cores,{threads}threads@vm")
 
 
 def frame(*records):
@@ -25,18 +25,25 @@ def test_pairs_equal_settings_only_and_reads_the_difference_against_the_seed_spr
     grouped = frame(rec("g0", 0, 0.78, True, wall=320), rec("g1", 1, 0.777, True),
                     rec("g_other_lr", 0, 0.70, True, lr=3e-4),        # no random run at 3e-4: unpaired
                     rec("g_lora", 0, 0.75, True, method="lora"))
-    random = frame(rec("r0", 0, 0.806, False, wall=305), rec("r1", 1, 0.80, False), rec("r2", 2, 0.812, False),
+    random = frame(rec("r0", 0, 0.806, False, wall=305), rec("r1", 1, 0.80, False, threads=1),
+                   rec("r2", 2, 0.812, False),
                    rec("r_lora", 0, 0.70, False, method="lora", status="failed"),   # not ok: unpaired
                    rec("r_grouped_here", 0, 0.5, True, lr=3e-3))              # a grouped record among the random ones is ignored
-    df = grouping.grouping_pairs(grouped, random)
+    bench = pd.DataFrame([{"task": "glue/mrpc", "method": "lora_fa", "batching": "grouped", "step_s": 0.5},
+                          {"task": "glue/mrpc", "method": "lora_fa", "batching": "random", "step_s": 0.6},
+                          {"task": "glue/mrpc", "method": "lora", "batching": "random", "step_s": 0.6}])
+    df = grouping.grouping_pairs(grouped, random, bench)
     assert list(zip(df["seed"], df["grouped"], df["random"])) == [(0, 78.0, pytest.approx(80.6)),
                                                                     (1, pytest.approx(77.7), 80.0)]
     assert df["delta"].tolist() == pytest.approx([2.6, 2.3])
     assert df["seed_std"].tolist() == pytest.approx([0.6, 0.6])  # std of 80.6, 80.0, 81.2
     assert df["wall_ratio"][0] == pytest.approx(305 / 320)
+    assert pd.isna(df["wall_ratio"][1])  # seed 1's random run had one thread, its grouped one two
+    assert df["bench_step_ratio"].tolist() == pytest.approx([1.2, 1.2])
     assert set(df["grouped_config_hash"]) == {"g0", "g1"}
     text = grouping.grouping_markdown(df)
-    assert "| table2 | MRPC | LoRA-FA | 1e-3 | 0 | accuracy | 78.0 | 80.6 | +2.6 | 0.6 | 320 | 305 | 0.95 |" in text
+    assert "| table2 | MRPC | LoRA-FA | 1e-3 | 0 | accuracy | 78.0 | 80.6 | +2.6 | 0.6 | 320 (2) | 305 (2) | 0.95 | 1.20 |" in text
+    assert "| 77.7 | 80.0 | +2.3 | 0.6 | 100 (2) | 100 (1) | - | 1.20 |" in text
     assert "MRPC +2.5 (2)" in text
 
 

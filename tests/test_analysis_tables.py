@@ -298,3 +298,23 @@ def test_chosen_rates_are_the_cells_best_on_seed_0_and_print_as_the_configs_bloc
     assert chosen_rates(recs) == {"glue/mrpc": {"lora_fa": 1e-3}}
     assert yaml_block(chosen_rates(recs)) == "chosen_lr:\n  glue/mrpc: {lora_fa: 1e-3}\n"
     assert yaml_block({}) == "chosen_lr: {}\n"
+
+
+def test_the_rate_grid_shows_every_rate_of_a_cell_and_bolds_the_chosen_one(tmp_path):
+    from analysis.chosen_rates import rate_grid, write_grid
+
+    recs = frame(
+        glue("glue/mrpc", 1e-3, 0, {"accuracy": 0.80}),
+        glue("glue/mrpc", 1e-3, 1, {"accuracy": 0.70}),
+        glue("glue/mrpc", 3e-3, 0, {"accuracy": 0.78}),
+        glue("glue/mrpc", 3e-4, 0, {"accuracy": 0.60}),
+        glue("glue/cola", 1e-3, 0, {"mcc": 0.2}),  # one rate: not a grid
+    )
+    grid = rate_grid(recs)
+    assert list(grid["lr"]) == [3e-4, 1e-3, 3e-3] and set(grid["task"]) == {"glue/mrpc"}
+    assert list(grid["chosen"]) == [False, True, False]
+    assert [round(v, 1) for v in grid["seed0"]] == [60.0, 80.0, 78.0]
+    _, md = write_grid(grid, tmp_path)
+    text = md.read_text()
+    assert "| method | 3e-4 | 1e-3 | 3e-3 |" in text
+    assert "| LoRA-FA | 60.0 | **80.0** (75.0 ± 7.1, 2 seeds) | 78.0 |" in text
