@@ -1,11 +1,11 @@
 """Table 2's learning rate per cell at small scale, chosen from the grids' records.
 
-    python -m analysis.chosen_rates [--scale small] [--root DIR]
+    python -m analysis.chosen_rates [--scale small] [--root DIR] [--update]
 
 The rule, as the paper tunes Table 2: for each task and method run at two rates or more, the rate
 whose seed-0 run scores best on the dev split (analysis.common.best_setting: seed 0 where every
 rate has it). Prints the `chosen_lr` block of conf/experiment/small/table2.yaml, which `make small`
-trains at; tests/test_experiment_configs.py checks that the committed block agrees with
+trains at (--update writes it there); tests/test_experiment_configs.py checks that the committed block agrees with
 results/small. Also writes the grids' evidence, each cell's score at every rate with the chosen
 one in bold, to results/<scale>/tables/table2_rates.{csv,md}.
 """
@@ -13,6 +13,7 @@ one in bold, to results/<scale>/tables/table2_rates.{csv,md}.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -23,6 +24,9 @@ from analysis.common import (
     settings,
 )
 from analysis.names import metric_label, task_label, task_value
+from lorafa.paths import REPO_ROOT
+
+CONFIG = REPO_ROOT / "conf" / "experiment" / "small" / "table2.yaml"
 
 GRID_COLUMNS = ["task", "method", "lr", "seed0", "mean", "std", "n_seeds", "chosen"]
 
@@ -72,6 +76,17 @@ def yaml_block(rates: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def update_config(block: str, path: Path = CONFIG) -> bool:
+    """Replace the config's chosen_lr block (the key and its indented lines) by `block`; whether
+    the file changed."""
+    text = path.read_text()
+    new, n = re.subn(r"^chosen_lr:.*\n(?:  .*\n)*", lambda _: block, text, count=1, flags=re.M)
+    if n != 1:
+        raise ValueError(f"{path}: no top-level chosen_lr block to replace")
+    path.write_text(new)
+    return new != text
+
+
 def grid_markdown(grid: pd.DataFrame) -> str:
     """Per task, one row per method and one column per rate: the seed-0 score, bold where the rule
     chose it (with the mean ± std over its seeds where it has more than one)."""
@@ -112,9 +127,14 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scale", default="small")
     ap.add_argument("--root", help="results root (default $LORAFA_RESULTS_DIR or results/)")
+    ap.add_argument("--update", action="store_true", help=f"write the block into {CONFIG.relative_to(REPO_ROOT)}")
     args = ap.parse_args(argv)
     records = load(args.scale, args.root)
-    print(yaml_block(chosen_rates(records)), end="")
+    block = yaml_block(chosen_rates(records))
+    print(block, end="")
+    if args.update:
+        changed = update_config(block)
+        print(f"{CONFIG.relative_to(REPO_ROOT)}: {'updated' if changed else 'already up to date'}", file=sys.stderr)
     csv, md = write_grid(rate_grid(records), scale_dir(args.scale, args.root) / "tables")
     print(f"wrote {csv} and {md.name}", file=sys.stderr)
     return 0

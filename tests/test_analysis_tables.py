@@ -318,3 +318,17 @@ def test_the_rate_grid_shows_every_rate_of_a_cell_and_bolds_the_chosen_one(tmp_p
     text = md.read_text()
     assert "| method | 3e-4 | 1e-3 | 3e-3 |" in text
     assert "| LoRA-FA | 60.0 | **80.0** (75.0 ± 7.1, 2 seeds) | 78.0 |" in text
+
+
+def test_update_replaces_only_the_configs_chosen_lr_block(tmp_path):
+    from analysis.chosen_rates import update_config
+
+    path = tmp_path / "table2.yaml"
+    path.write_text("experiment_name: table2\n# why\nchosen_lr:\n  glue/sst2: {lora: 1e-3}\ntrainer:\n  lr: 1\n")
+    assert update_config("chosen_lr:\n  glue/cola: {lora: 3e-3}\n  glue/sst2: {lora: 1e-3}\n", path)
+    assert path.read_text() == ("experiment_name: table2\n# why\nchosen_lr:\n  glue/cola: {lora: 3e-3}\n"
+                                "  glue/sst2: {lora: 1e-3}\ntrainer:\n  lr: 1\n")
+    assert not update_config("chosen_lr:\n  glue/cola: {lora: 3e-3}\n  glue/sst2: {lora: 1e-3}\n", path)
+    path.write_text("trainer:\n  lr: 1\n")
+    with pytest.raises(ValueError, match="no top-level chosen_lr"):
+        update_config("chosen_lr: {}\n", path)
