@@ -133,8 +133,10 @@ def grouping_markdown(df: pd.DataFrame) -> str:
                       "seed std", "wall s grouped (threads)", "wall s random (threads)", "wall ratio",
                       "step random / grouped (bench)"], body)
             + f"\nMean of random - grouped per task (pairs): {summary}.\n"
-            + "Wall ratio: only where both runs had the same number of threads. Step ratio: "
-              "benchmarks/bench_batching.py, both batchings in one run (results/bench/batching.md).\n")
+            + "Wall ratio: only where both runs had the same number of threads; a wall time without a thread "
+              "count is from a record made before records kept it (then one run at a time, on torch's default "
+              "of one thread per core). Step ratio: benchmarks/bench_batching.py, both batchings in one run "
+              "(results/bench/batching.md).\n")
 
 
 def _wall(seconds, n_threads) -> str:
