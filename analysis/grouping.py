@@ -8,7 +8,8 @@ Until issue 23 the small scale trained on transformers' length-grouped batches
 trains on random batches. A pair is two ok records whose configurations are equal but for
 trainer.group_by_length, so the rows compare one seed of one setting under the two batchings;
 "seed std" is the spread of the random-batch runs of the same setting over their seeds, where
-there are several, to read the difference against. Wall times are the records' own, from
+there are several, to read the difference against; where that setting has one seed, the spread of
+the same task and method at the rate that has seeds (Table 2's chosen rate), with that rate shown. Wall times are the records' own, from
 different days, and the random-batch ones ran two at a time on one thread each (WORKERS=2) where
 the grouped ones ran alone on two: their ratio is shown only where both sides ran on the same
 number of threads. Speed is measured in one run by benchmarks/bench_batching.py: its step-time
@@ -88,7 +89,7 @@ def grouping_pairs(grouped: pd.DataFrame, random: pd.DataFrame, bench: pd.DataFr
         rows.append({"experiment": r["experiment"], "task": r["task"], "method": r["method"],
                      "lr": clean(r["lr"]), "seed": clean(r["seed"]), "metric": metric_label(r["task"]),
                      "grouped": on, "random": off, "delta": off - on,
-                     "seed_std": spread.get(_setting(r)),
+                     **_spread_of(r, spread),
                      "wall_s_grouped": clean(g["wall_s"]), "wall_s_random": clean(r["wall_s"]),
                      "threads_grouped": threads(g), "threads_random": threads(r),
                      "bench_step_ratio": steps.get((r["task"], r["method"])),
@@ -109,21 +110,39 @@ def _setting(r: dict) -> str:
     return config_hash(c)
 
 
-def _seed_spread(randoms: list[dict]) -> dict[str, float]:
-    """The std over seeds of each setting run at two seeds or more."""
+def _cell(r: dict) -> tuple:
+    return r["experiment"], r["task"], r["method"]
+
+
+def _seed_spread(randoms: list[dict]) -> dict:
+    """The std over seeds of each setting run at two seeds or more, keyed by setting, and by cell
+    (experiment, task, method) -> (lr, std) of the cell's setting with the most seeds."""
     values: dict[str, dict] = {}
+    cells: dict[str, tuple] = {}
     for r in randoms:
         v = task_value(r["task"])(r["metrics"])
         if v is not None:
             values.setdefault(_setting(r), {})[clean(r["seed"])] = v
-    return {k: statistics.stdev(v.values()) for k, v in values.items() if len(v) > 1}
+            cells[_setting(r)] = (_cell(r), clean(r["lr"]))
+    spread: dict = {k: statistics.stdev(v.values()) for k, v in values.items() if len(v) > 1}
+    for k in sorted(spread, key=lambda k: len(values[k])):  # the most seeds last, so it wins
+        cell, lr = cells[k]
+        spread[cell] = (lr, spread[k])
+    return spread
+
+
+def _spread_of(r: dict, spread: dict) -> dict:
+    if _setting(r) in spread:
+        return {"seed_std": spread[_setting(r)], "seed_std_lr": clean(r["lr"])}
+    lr, std = spread.get(_cell(r), (None, None))
+    return {"seed_std": std, "seed_std_lr": lr}
 
 
 def grouping_markdown(df: pd.DataFrame) -> str:
     if df.empty:
         return "No pairs yet: no setting has both a length-grouped and a random-batch record.\n"
     body = [[r.experiment, task_label(r.task), method_label(r.method), fmt_lr(r.lr), str(r.seed), r.metric,
-             fmt(r.grouped), fmt(r.random), f"{r.delta:+.1f}", fmt(r.seed_std, empty="-"),
+             fmt(r.grouped), fmt(r.random), f"{r.delta:+.1f}", _std(r),
              _wall(r.wall_s_grouped, r.threads_grouped), _wall(r.wall_s_random, r.threads_random),
              fmt(r.wall_ratio, 2, empty="-"), fmt(r.bench_step_ratio, 2, empty="-")]
             for r in df.itertuples()]
@@ -137,6 +156,12 @@ def grouping_markdown(df: pd.DataFrame) -> str:
               "count is from a record made before records kept it (then one run at a time, on torch's default "
               "of one thread per core). Step ratio: benchmarks/bench_batching.py, both batchings in one run "
               "(results/bench/batching.md).\n")
+
+
+def _std(r) -> str:
+    if clean(r.seed_std) is None:
+        return "-"
+    return fmt(r.seed_std) + ("" if r.seed_std_lr == r.lr else f" (at {fmt_lr(r.seed_std_lr)})")
 
 
 def _wall(seconds, n_threads) -> str:

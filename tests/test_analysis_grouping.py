@@ -23,28 +23,32 @@ def frame(*records):
 
 def test_pairs_equal_settings_only_and_reads_the_difference_against_the_seed_spread():
     grouped = frame(rec("g0", 0, 0.78, True, wall=320), rec("g1", 1, 0.777, True),
-                    rec("g_other_lr", 0, 0.70, True, lr=3e-4),        # no random run at 3e-4: unpaired
+                    rec("g_other_lr", 0, 0.70, True, lr=3e-4),
+                    rec("g_other_lr2", 0, 0.70, True, lr=3e-3),        # no random run at 3e-3: unpaired
                     rec("g_lora", 0, 0.75, True, method="lora"))
     random = frame(rec("r0", 0, 0.806, False, wall=305), rec("r1", 1, 0.80, False, threads=1),
                    rec("r2", 2, 0.812, False),
                    rec("r_lora", 0, 0.70, False, method="lora", status="failed"),   # not ok: unpaired
+                   rec("r_lr3", 0, 0.79, False, lr=3e-4),              # one seed at 3e-4: 1e-3's spread stands beside it
                    rec("r_grouped_here", 0, 0.5, True, lr=3e-3))              # a grouped record among the random ones is ignored
     bench = pd.DataFrame([{"task": "glue/mrpc", "method": "lora_fa", "batching": "grouped", "step_s": 0.5},
                           {"task": "glue/mrpc", "method": "lora_fa", "batching": "random", "step_s": 0.6},
                           {"task": "glue/mrpc", "method": "lora", "batching": "random", "step_s": 0.6}])
     df = grouping.grouping_pairs(grouped, random, bench)
-    assert list(zip(df["seed"], df["grouped"], df["random"])) == [(0, 78.0, pytest.approx(80.6)),
-                                                                    (1, pytest.approx(77.7), 80.0)]
-    assert df["delta"].tolist() == pytest.approx([2.6, 2.3])
-    assert df["seed_std"].tolist() == pytest.approx([0.6, 0.6])  # std of 80.6, 80.0, 81.2
-    assert df["wall_ratio"][0] == pytest.approx(305 / 320)
-    assert pd.isna(df["wall_ratio"][1])  # seed 1's random run had one thread, its grouped one two
-    assert df["bench_step_ratio"].tolist() == pytest.approx([1.2, 1.2])
-    assert set(df["grouped_config_hash"]) == {"g0", "g1"}
+    assert list(zip(df["lr"], df["seed"], df["grouped"], df["random"])) == [
+        (3e-4, 0, 70.0, pytest.approx(79.0)), (1e-3, 0, 78.0, pytest.approx(80.6)), (1e-3, 1, pytest.approx(77.7), 80.0)]
+    assert df["delta"].tolist() == pytest.approx([9.0, 2.6, 2.3])
+    assert df["seed_std"].tolist() == pytest.approx([0.6, 0.6, 0.6])  # std of 80.6, 80.0, 81.2 (at 1e-3)
+    assert df["seed_std_lr"].tolist() == [1e-3, 1e-3, 1e-3]
+    assert df["wall_ratio"][1] == pytest.approx(305 / 320)
+    assert pd.isna(df["wall_ratio"][2])  # seed 1's random run had one thread, its grouped one two
+    assert df["bench_step_ratio"].tolist() == pytest.approx([1.2, 1.2, 1.2])
+    assert set(df["grouped_config_hash"]) == {"g_other_lr", "g0", "g1"}
     text = grouping.grouping_markdown(df)
     assert "| table2 | MRPC | LoRA-FA | 1e-3 | 0 | accuracy | 78.0 | 80.6 | +2.6 | 0.6 | 320 (2) | 305 (2) | 0.95 | 1.20 |" in text
     assert "| 77.7 | 80.0 | +2.3 | 0.6 | 100 (2) | 100 (1) | - | 1.20 |" in text
-    assert "MRPC +2.5 (2)" in text
+    assert "| 3e-4 | 0 | accuracy | 70.0 | 79.0 | +9.0 | 0.6 (at 1e-3) |" in text
+    assert "MRPC +4.6 (3)" in text
 
 
 def test_a_config_differing_in_anything_else_does_not_pair():
