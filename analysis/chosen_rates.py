@@ -88,31 +88,35 @@ def update_config(block: str, path: Path = CONFIG) -> bool:
 
 
 def grid_markdown(grid: pd.DataFrame) -> str:
-    """Per task, one row per method and one column per rate: the seed-0 score, bold where the rule
-    chose it (with the mean ± std over its seeds where it has more than one)."""
+    """One row per task, one column per method: its score at each of its rates, in the order the
+    header gives (seed 0; "-" where a rate was not run), the chosen one in bold."""
     out = ["# Table 2's learning-rate grids (dev split, x100; seed 0 decides, the chosen rate in bold)", ""]
     if grid.empty:
         return "\n".join(out + ["No cell has been run at two rates yet (make small-grids).", ""])
+    methods = sorted(grid["method"].unique(), key=method_key)
+    rates = {m: sorted(grid.loc[grid["method"] == m, "lr"].unique()) for m in methods}
+    header = ["task"] + [f"{method_label(m)} ({' / '.join(fmt_lr(lr) for lr in rates[m])})" for m in methods]
+    body = []
     for task, g in grid.groupby("task", sort=False):
-        rates = sorted(g["lr"].unique())
-        body = []
-        for method, m in g.groupby("method", sort=False):
-            by_lr = {r["lr"]: r for r in m.to_dict("records")}
-            cells = []
-            for lr in rates:
-                r = by_lr.get(lr)
-                if r is None:
-                    cells.append("")
-                    continue
-                text = fmt(r["seed0"] if r["seed0"] is not None else r["mean"])
-                if r["chosen"]:
-                    text = f"**{text}**" + (f" ({fmt_pm(r['mean'], r['std'])}, {r['n_seeds']} seeds)"
-                                             if r["n_seeds"] > 1 else "")
-                cells.append(text)
-            body.append([method_label(method), *cells])
-        out += [f"{task_label(task)} ({metric_label(task)})", "",
-                markdown(["method", *[fmt_lr(lr) for lr in rates]], body).rstrip("\n"), ""]
-    return "\n".join(out) + "\n"
+        row = [f"{task_label(task)} ({metric_label(task)})"]
+        for m in methods:
+            by_lr = {r["lr"]: r for r in g[g["method"] == m].to_dict("records")}
+            row.append(" / ".join(_score(by_lr.get(lr)) for lr in rates[m]) if by_lr else "")
+        body.append(row)
+    seeds = grid[grid["chosen"] & (grid["n_seeds"] > 1)]
+    note = ""
+    if len(seeds):
+        note = "\nThe chosen rates' mean ± std over their seeds: " + "; ".join(
+            f"{task_label(r['task'])} {method_label(r['method'])} {fmt_pm(r['mean'], r['std'])} ({r['n_seeds']})"
+            for r in seeds.to_dict("records")) + ".\n"
+    return "\n".join(out) + "\n" + markdown(header, body) + note
+
+
+def _score(r: dict | None) -> str:
+    if r is None:
+        return "-"
+    text = fmt(r["seed0"] if r["seed0"] is not None else r["mean"])
+    return f"**{text}**" if r["chosen"] else text
 
 
 def write_grid(grid: pd.DataFrame, out_dir: Path) -> tuple[Path, Path]:

@@ -316,8 +316,9 @@ def test_the_rate_grid_shows_every_rate_of_a_cell_and_bolds_the_chosen_one(tmp_p
     assert [round(v, 1) for v in grid["seed0"]] == [60.0, 80.0, 78.0]
     _, md = write_grid(grid, tmp_path)
     text = md.read_text()
-    assert "| method | 3e-4 | 1e-3 | 3e-3 |" in text
-    assert "| LoRA-FA | 60.0 | **80.0** (75.0 ± 7.1, 2 seeds) | 78.0 |" in text
+    assert "| task | LoRA-FA (3e-4 / 1e-3 / 3e-3) |" in text
+    assert "| MRPC (accuracy) | 60.0 / **80.0** / 78.0 |" in text
+    assert "MRPC LoRA-FA 75.0 ± 7.1 (2)" in text
 
 
 def test_update_replaces_only_the_configs_chosen_lr_block(tmp_path):
