@@ -48,8 +48,8 @@ test: venv
 demo: venv
 	HF_HUB_OFFLINE=1 WANDB_MODE=offline $(PY) experiments/demo.py
 
-# Table 2 (and Figure 4) on MiniLM at each cell's rate chosen by small-grids, with 3 seeds on SST-2,
-# CoLA and MRPC; resumable, finished runs skipped.
+# Table 2 (and Figure 4) on MiniLM at each cell's rate chosen by small-grids, with 3 seeds of
+# Full-FT, LoRA and LoRA-FA on each task; resumable, finished runs skipped.
 small: venv
 	HF_HUB_OFFLINE=1 WANDB_MODE=offline $(PY) experiments/demo.py --scale small --workers $(WORKERS)
 
