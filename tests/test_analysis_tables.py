@@ -319,6 +319,8 @@ def test_the_rate_grid_shows_every_rate_of_a_cell_and_bolds_the_chosen_one(tmp_p
     assert "| task | LoRA-FA (3e-4 / 1e-3 / 3e-3) |" in text
     assert "| MRPC (accuracy) | 60.0 / **80.0** / 78.0 |" in text
     assert "MRPC LoRA-FA 75.0 ± 7.1 (2)" in text
+    assert list(grid["heldout_mean"].isna()) == [True, False, True]
+    assert "| method | MRPC | mean of 1 |" in text and "| LoRA-FA | 70.0 | 70.0 |" in text  # seed 1 only
 
 
 def test_update_replaces_only_the_configs_chosen_lr_block(tmp_path):
