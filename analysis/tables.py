@@ -224,12 +224,27 @@ def _sensitivity_rows(mine, key, values, paper, ids) -> list[dict]:
         cell, best = _best_cell({**ids, key: v}, at, value, p_acc, p_std)
         if ids["task"] != SENSITIVITY_TASK:
             cell["delta"] = None
+        floor = _no_skill(mine, ids["task"])
         good = [s.key["lr"] for s in settings(at, value)
-                if best and s.eligible and s.mean >= best.mean - CONVERGE_TOL and s.key["lr"] is not None]
+                if best and s.eligible and s.mean >= best.mean - CONVERGE_TOL and s.key["lr"] is not None
+                and (floor is None or s.mean > floor + CONVERGE_TOL)]
         cell.update(lr_range=fmt_range(good), n_lrs_run=at["lr"].map(clean).nunique() or None,
                     paper_lr_range=p_range or "")
         rows.append(cell)
     return rows
+
+
+def _no_skill(runs: pd.DataFrame, task: str) -> float | None:
+    """The score of a run that learned nothing, where the task's metric has one: the eval set's
+    majority share for accuracy (recorded by lorafa.tasks.glue as majority_accuracy; the eval set
+    is the task's, so any run of it may carry it), 0 for MCC and correlations."""
+    spec = get_task(task)
+    if spec.primary_metric in ("mcc", "pearson", "spearman"):
+        return 0.0
+    if spec.primary_metric != "accuracy" or runs.empty:
+        return None
+    shares = [m["majority_accuracy"] for m in runs["metrics"] if isinstance(m, dict) and "majority_accuracy" in m]
+    return max(shares) * spec.table_scale if shares else None
 
 
 def build_table6(records: pd.DataFrame) -> pd.DataFrame:
@@ -296,7 +311,8 @@ def markdown_table(name: str, df: pd.DataFrame) -> str:
              fmt_lr(r["lr"]), fmt_ours(r, 2), r["paper_lr_range"], fmt_pm(r["paper"], r["paper_std"], 2),
              fmt(r["delta"], 2)] for _, r in df.iterrows()]
     note = (f"An lr converges when no seed diverged and its mean accuracy is within {CONVERGE_TOL:g} "
-            "points of the row's best.\n")
+            f"points of the row's best and more than {CONVERGE_TOL:g} above the majority class (a run that "
+            "learned nothing); a row with no such lr has an empty range.\n")
     other = sorted({task_label(t) for t in df["task"].dropna() if t != SENSITIVITY_TASK})
     if other:
         note += (f"The paper's column is MRPC; ours is {', '.join(other)} (at mini scale MRPC stays at its "

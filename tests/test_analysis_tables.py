@@ -199,6 +199,20 @@ roberta-base,RoBERTa-base,lora_fa,glue/mrpc,kaiming_uniform,,,,,,90.0,0.4,,not r
     assert "hence no delta" not in text
 
 
+def test_a_rate_at_the_majority_class_does_not_converge_even_when_it_is_the_rows_best():
+    def mrpc(lr, acc, init):  # MRPC's dev set: 68.4 % positive
+        return run(experiment="table6", model="minilm-l6", task="glue/mrpc", method="lora_fa", r=8, alpha=32,
+                   lr=lr, seed=0, init_a=init, status="ok",
+                   metrics={"accuracy": acc, "majority_accuracy": 0.684})
+    df = tables.build_table6(frame(mrpc(1e-4, 0.684, "all_one"), mrpc(1e-3, 0.684, "all_one"),
+                                   mrpc(1e-4, 0.700, "kaiming_uniform"), mrpc(1e-3, 0.723, "kaiming_uniform"),
+                                   mrpc(3e-3, 0.706, "kaiming_uniform")))
+    ranges = dict(zip(df["init_a"], df["lr_range"]))
+    assert ranges["all_one"] == ""                     # its best (68.4) is the majority class
+    assert ranges["kaiming_uniform"] == "{1e-3, 3e-3}"  # 70.0 is within 2 of the best but not 2 above 68.4
+    assert "above the majority class" in tables.markdown_table("table6", df)
+
+
 def test_table6_on_another_task_keeps_the_paper_beside_it_without_delta():
     def sst2(lr, acc, init):
         return run(experiment="table6", model="tiny-roberta", task="glue/sst2", method="lora_fa", r=8, alpha=32,

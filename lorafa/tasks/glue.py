@@ -158,7 +158,8 @@ def glue_metrics(name: str, predictions: Sequence | np.ndarray,
     computed by the `glue` evaluate module (lorafa/metrics/glue).
 
     Values are as sklearn/scipy return them (fractions; MCC and correlations in -1..1);
-    the paper's tables print them x100 (TaskSpec.table_scale).
+    the paper's tables print them x100 (TaskSpec.table_scale). Classification tasks also get
+    majority_accuracy, the share of the most frequent gold label.
     """
     short = _short(name)
     spec = get_task(f"glue/{short}")
@@ -169,7 +170,12 @@ def glue_metrics(name: str, predictions: Sequence | np.ndarray,
         preds = preds.argmax(axis=-1)
     if preds.shape != gold.shape:
         raise ValueError(f"predictions: shape {preds.shape} does not match labels {gold.shape}")
-    return load_metric("glue", short).compute(predictions=preds, references=gold)
+    out = load_metric("glue", short).compute(predictions=preds, references=gold)
+    if spec.family != "regression" and len(gold):
+        # What a model that learned nothing scores: a run at this accuracy has not trained
+        # (analysis: Tables 6 and 7 count a rate as converging only above it).
+        out["majority_accuracy"] = float(np.bincount(gold.astype(np.int64)).max() / len(gold))
+    return out
 
 
 def glue_compute_metrics(name: str) -> Callable:
