@@ -158,8 +158,7 @@ def glue_metrics(name: str, predictions: Sequence | np.ndarray,
     computed by the `glue` evaluate module (lorafa/metrics/glue).
 
     Values are as sklearn/scipy return them (fractions; MCC and correlations in -1..1);
-    the paper's tables print them x100 (TaskSpec.table_scale). Classification tasks also get
-    majority_accuracy, the share of the most frequent gold label.
+    the paper's tables print them x100 (TaskSpec.table_scale).
     """
     short = _short(name)
     spec = get_task(f"glue/{short}")
@@ -170,20 +169,24 @@ def glue_metrics(name: str, predictions: Sequence | np.ndarray,
         preds = preds.argmax(axis=-1)
     if preds.shape != gold.shape:
         raise ValueError(f"predictions: shape {preds.shape} does not match labels {gold.shape}")
-    out = load_metric("glue", short).compute(predictions=preds, references=gold)
-    if spec.family != "regression" and len(gold):
-        # What a model that learned nothing scores: a run at this accuracy has not trained
-        # (analysis: Tables 6 and 7 count a rate as converging only above it).
-        out["majority_accuracy"] = float(np.bincount(gold.astype(np.int64)).max() / len(gold))
-    return out
+    return load_metric("glue", short).compute(predictions=preds, references=gold)
 
 
 def glue_compute_metrics(name: str) -> Callable:
-    """A `compute_metrics` for transformers' Trainer (takes an EvalPrediction)."""
+    """A `compute_metrics` for transformers' Trainer (takes an EvalPrediction): the task's metrics,
+    and for classification majority_accuracy, the share of the eval set's most frequent label: what
+    a run that learned nothing scores (analysis: Tables 6 and 7 count a rate as converging only
+    above it)."""
+    regression = get_task(f"glue/{_short(name)}").family == "regression"
+
     def compute(eval_pred) -> dict[str, float]:
         logits = eval_pred.predictions
         logits = logits[0] if isinstance(logits, tuple) else logits
-        return glue_metrics(name, logits, eval_pred.label_ids)
+        out = glue_metrics(name, logits, eval_pred.label_ids)
+        gold = np.asarray(eval_pred.label_ids)
+        if not regression and gold.size:
+            out["majority_accuracy"] = float(np.bincount(gold.astype(np.int64).ravel()).max() / gold.size)
+        return out
     return compute
 
 
