@@ -30,6 +30,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from analysis import paper_values as P
 from analysis.common import clean, fmt, fmt_lr, load, markdown, method_key, method_label, scale_dir
 from analysis.names import metric_label, task_label, task_value
 from lorafa.paths import results_dir
@@ -37,12 +38,26 @@ from lorafa.results import config_hash
 
 BENCH = "bench/batching.csv"  # under the results root
 
+# The adapter field each sensitivity experiment varies, shown so its pairs read apart.
+VARIED = {"table6": "init_a", "table7": "alpha", "fig6": "r"}
+
 
 def pair_key(config: dict) -> str:
     """The hash of a run's configuration without its batching's grouping flag."""
     c = copy.deepcopy(config)
     c.get("trainer", {}).pop("group_by_length", None)
     return config_hash(c)
+
+
+def setting_label(record: dict) -> str:
+    """What sets a run apart within its experiment (Table 6's init of A, Table 7's alpha,
+    Figure 6's rank), or "" where the experiment varies only method and rate."""
+    key = VARIED.get(record.get("experiment"))
+    adapter = (record["config"].get("method") or {}).get("adapter") or {}
+    if key is None or adapter.get(key) is None:
+        return ""
+    value = adapter[key]
+    return P.INIT_LABELS.get(value, value) if key == "init_a" else f"{key} {value}"
 
 
 def _grouped(config) -> bool:
@@ -86,7 +101,8 @@ def grouping_pairs(grouped: pd.DataFrame, random: pd.DataFrame, bench: pd.DataFr
         on, off = value(g["metrics"]), value(r["metrics"])
         if on is None or off is None:
             continue
-        rows.append({"experiment": r["experiment"], "task": r["task"], "method": r["method"],
+        rows.append({"experiment": r["experiment"], "setting": setting_label(r), "task": r["task"],
+                     "method": r["method"],
                      "lr": clean(r["lr"]), "seed": clean(r["seed"]), "metric": metric_label(r["task"]),
                      "grouped": on, "random": off, "delta": off - on,
                      **_spread_of(r, spread),
@@ -100,7 +116,7 @@ def grouping_pairs(grouped: pd.DataFrame, random: pd.DataFrame, bench: pd.DataFr
     same = df["threads_grouped"] == df["threads_random"]
     df["wall_ratio"] = (df["wall_s_random"] / df["wall_s_grouped"]).where(same)
     df["_order"] = df["method"].map(method_key)
-    return df.sort_values(["task", "_order", "lr", "seed"]).drop(columns="_order").reset_index(drop=True)
+    return df.sort_values(["task", "experiment", "_order", "setting", "lr", "seed"]).drop(columns="_order").reset_index(drop=True)
 
 
 def _setting(r: dict) -> str:
@@ -141,7 +157,7 @@ def _spread_of(r: dict, spread: dict) -> dict:
 def grouping_markdown(df: pd.DataFrame) -> str:
     if df.empty:
         return "No pairs yet: no setting has both a length-grouped and a random-batch record.\n"
-    body = [[r.experiment, task_label(r.task), method_label(r.method), fmt_lr(r.lr), str(r.seed), r.metric,
+    body = [[r.experiment + (f" ({r.setting})" if r.setting else ""), task_label(r.task), method_label(r.method), fmt_lr(r.lr), str(r.seed), r.metric,
              fmt(r.grouped), fmt(r.random), f"{r.delta:+.1f}", _std(r),
              _wall(r.wall_s_grouped, r.threads_grouped), _wall(r.wall_s_random, r.threads_random),
              fmt(r.wall_ratio, 2, empty="-"), fmt(r.bench_step_ratio, 2, empty="-")]

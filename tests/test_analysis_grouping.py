@@ -66,3 +66,25 @@ def test_cli_writes_the_table_from_two_scales(tmp_path):
     assert grouping.main(["--root", str(tmp_path)]) == 0
     out = pd.read_csv(tmp_path / "small" / "tables" / "grouping.csv")
     assert out["delta"].round(1).tolist() == [2.6]
+
+
+def test_sensitivity_pairs_name_the_setting_they_vary():
+    def table6(run_id, init, accuracy, grouped):
+        r = rec(run_id, 0, accuracy, grouped)
+        r.experiment = "table6"
+        r.config["method"]["adapter"] = {"r": 8, "alpha": 32, "init_a": init}
+        return r
+    grouped = frame(table6("g_std", "std_normal", 0.684, True), table6("g_one", "all_one", 0.70, True),
+                    rec("g0", 0, 0.78, True))
+    random = frame(table6("r_std", "std_normal", 0.684, False), table6("r_one", "all_one", 0.72, False),
+                   rec("r0", 0, 0.806, False))
+    df = grouping.grouping_pairs(grouped, random)
+    assert list(zip(df["experiment"], df["setting"], df["random"])) == [
+        ("table2", "", pytest.approx(80.6)), ("table6", "All-one", pytest.approx(72.0)),
+        ("table6", "Std-normal", pytest.approx(68.4))]
+    text = grouping.grouping_markdown(df)
+    assert "| table6 (All-one) | MRPC | LoRA-FA | 1e-3 | 0 | accuracy | 70.0 | 72.0 | +2.0 |" in text
+    assert "| table2 | MRPC | LoRA-FA | 1e-3 | 0 | accuracy | 78.0 | 80.6 |" in text
+    r = rec("x", 0, 0.7, False)
+    r.experiment, r.config["method"]["adapter"] = "table7", {"alpha": 128}
+    assert grouping.setting_label(r.to_dict()) == "alpha 128"
