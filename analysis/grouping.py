@@ -40,6 +40,7 @@ BENCH = "bench/batching.csv"  # under the results root
 
 # The adapter field each sensitivity experiment varies, shown so its pairs read apart.
 VARIED = {"table6": "init_a", "table7": "alpha", "fig6": "r"}
+EXPERIMENT_ORDER = ("table2", "table6", "table7", "fig6")  # the paper's order
 
 
 def pair_key(config: dict) -> str:
@@ -49,14 +50,19 @@ def pair_key(config: dict) -> str:
     return config_hash(c)
 
 
-def setting_label(record: dict) -> str:
-    """What sets a run apart within its experiment (Table 6's init of A, Table 7's alpha,
-    Figure 6's rank), or "" where the experiment varies only method and rate."""
+def varied_value(record: dict):
+    """The value of what sets a run apart within its experiment (Table 6's init of A, Table 7's
+    alpha, Figure 6's rank), or None where the experiment varies only method and rate."""
     key = VARIED.get(record.get("experiment"))
     adapter = (record["config"].get("method") or {}).get("adapter") or {}
-    if key is None or adapter.get(key) is None:
+    return None if key is None else adapter.get(key)
+
+
+def setting_label(record: dict) -> str:
+    value = varied_value(record)
+    if value is None:
         return ""
-    value = adapter[key]
+    key = VARIED[record["experiment"]]
     return P.INIT_LABELS.get(value, value) if key == "init_a" else f"{key} {value}"
 
 
@@ -101,8 +107,10 @@ def grouping_pairs(grouped: pd.DataFrame, random: pd.DataFrame, bench: pd.DataFr
         on, off = value(g["metrics"]), value(r["metrics"])
         if on is None or off is None:
             continue
+        value = varied_value(r)
         rows.append({"experiment": r["experiment"], "setting": setting_label(r), "task": r["task"],
                      "method": r["method"],
+                     "_number": value if isinstance(value, (int, float)) else None,  # ranks, alphas sort as numbers
                      "lr": clean(r["lr"]), "seed": clean(r["seed"]), "metric": metric_label(r["task"]),
                      "grouped": on, "random": off, "delta": off - on,
                      **_spread_of(r, spread),
@@ -116,7 +124,11 @@ def grouping_pairs(grouped: pd.DataFrame, random: pd.DataFrame, bench: pd.DataFr
     same = df["threads_grouped"] == df["threads_random"]
     df["wall_ratio"] = (df["wall_s_random"] / df["wall_s_grouped"]).where(same)
     df["_order"] = df["method"].map(method_key)
-    return df.sort_values(["task", "experiment", "_order", "setting", "lr", "seed"]).drop(columns="_order").reset_index(drop=True)
+    df["_experiment"] = df["experiment"].map(lambda e: (EXPERIMENT_ORDER.index(e) if e in EXPERIMENT_ORDER
+                                                        else len(EXPERIMENT_ORDER), e))
+    df["_number"] = pd.to_numeric(df["_number"])
+    keys = ["task", "_experiment", "_order", "_number", "setting", "lr", "seed"]
+    return df.sort_values(keys).drop(columns=["_order", "_experiment", "_number"]).reset_index(drop=True)
 
 
 def _setting(r: dict) -> str:

@@ -88,3 +88,16 @@ def test_sensitivity_pairs_name_the_setting_they_vary():
     r = rec("x", 0, 0.7, False)
     r.experiment, r.config["method"]["adapter"] = "table7", {"alpha": 128}
     assert grouping.setting_label(r.to_dict()) == "alpha 128"
+
+
+def test_ranks_sort_as_numbers_and_experiments_in_the_papers_order():
+    def fig6(run_id, r, grouped):
+        record = rec(run_id, 0, 0.7, grouped)
+        record.experiment = "fig6"
+        record.config["method"]["adapter"] = {"r": r, "alpha": 4 * r}
+        return record
+    grouped = frame(*(fig6(f"g{r}", r, True) for r in (32, 8, 2)), rec("g0", 0, 0.78, True))
+    random = frame(*(fig6(f"r{r}", r, False) for r in (32, 8, 2)), rec("r0", 0, 0.8, False))
+    df = grouping.grouping_pairs(grouped, random)
+    assert list(zip(df["experiment"], df["setting"])) == [("table2", ""), ("fig6", "r 2"), ("fig6", "r 8"),
+                                                          ("fig6", "r 32")]
