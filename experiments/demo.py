@@ -122,7 +122,7 @@ def run_training_sweeps(results_root: Path, background: subprocess.Popen | None 
 
     conf = ROOT / "conf"
     jobs = [job for exp in SUITES[suite or scale] for job in sweep_jobs(conf, f"{scale}/{exp}")]
-    counts = counts if counts is not None else {"trained": 0, "skipped": 0, "failed": 0}
+    counts = counts if counts is not None else {"trained": 0, "skipped": 0, "copied": 0, "failed": 0}
     counts["jobs"] = len(jobs)
     bar = tqdm(total=len(jobs), desc=f"{suite or scale} sweeps", unit="run")
     pending = []
@@ -142,7 +142,8 @@ def run_training_sweeps(results_root: Path, background: subprocess.Popen | None 
             share_cores(background)
             record = run_one(spec)
             # a configuration another sweep already ran is not trained again (lorafa.runner)
-            counts["copied" if record.options.get("same_run_as") else "trained"] += 1
+            outcome = "copied" if record.options.get("same_run_as") else "trained"
+            counts[outcome] = counts.get(outcome, 0) + 1
         except RunInterrupted as stop:  # SIGTERM during a training: it checkpointed; the suite stops here
             raise SystemExit(EXIT_PREEMPTED) from stop
         except FileNotFoundError as err:  # MNLI and QQP: not in ../shared/data, no hub here
@@ -386,7 +387,7 @@ def main(argv=None) -> None:
     if mini:
         ensure_base_models()
     memory = start_memory_simulations(root) if mini and not args.skip_memory else None
-    counts = {"jobs": 0, "trained": 0, "skipped": 0, "failed": 0}
+    counts = {"jobs": 0, "trained": 0, "skipped": 0, "copied": 0, "failed": 0}
     signal.signal(signal.SIGTERM, _exit_on_sigterm)  # (a training run checkpoints on it first)
     try:
         counts = run_training_sweeps(root, memory[0] if memory else None, args.scale, counts, suite, args.workers)

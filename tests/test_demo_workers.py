@@ -101,3 +101,16 @@ def test_a_run_two_sweeps_share_is_trained_once(tmp_path):
     assert counts["trained"] == 1 and counts["copied"] == 1 and counts["skipped"] == 0
     records = load_records(tmp_path)
     assert sorted(records["experiment"]) == ["other", "run"] and records["options"].map(lambda o: "same_run_as" in o).sum() == 1
+
+
+def test_one_worker_counts_a_shared_run_as_copied(tmp_path, monkeypatch):
+    """The serial path (WORKERS=1, make demo): the second sweep's job with the first's
+    configuration copies its record and is counted as copied, not as a failure."""
+    first, = jobs(tmp_path, ["lora_fa"])
+    monkeypatch.setitem(demo.SUITES, "shared", ["x"])
+    monkeypatch.setattr(demo, "sweep_jobs", lambda conf, name: [first.overrides,
+                                                                [*first.overrides, "experiment_name=other"]])
+    counts = demo.run_training_sweeps(tmp_path, suite="shared", counts={"trained": 0, "skipped": 0, "failed": 0})
+    assert (counts["trained"], counts.get("copied"), counts["failed"], counts["jobs"]) == (1, 1, 0, 2)
+    records = load_records(tmp_path)
+    assert sorted(records["experiment"]) == ["other", "run"] and (records["status"] == "ok").all()
